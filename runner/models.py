@@ -1,0 +1,225 @@
+"""Models: where a model's files live, what its config.json says, and how the runner
+writes the ones it makes itself (the generated tiny-llama, and config.json + tokenizer
+for shape entries rehearsed with ``load_format=dummy``).
+
+``model_dir`` and ``read_model_shape`` are side-effect free (used by the pure plan);
+``materialise`` writes, and runs only when something is about to be launched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from runner.schema import ModelConfig, ModelSource
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The config.json fields the parallel rules and the memory estimate need."""
+
+    architecture: str
+    num_attention_heads: int
+    num_key_value_heads: int
+    num_hidden_layers: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+    max_position_embeddings: Optional[int]
+    tie_word_embeddings: bool
+    num_experts: int
+    torch_dtype: Optional[str]
+
+    @classmethod
+    def from_hf_config(cls, cfg: Dict[str, Any]) -> "ModelShape":
+        text = cfg.get("text_config") or cfg  # multimodal wrappers keep the LM inside
+        heads = int(text["num_attention_heads"])
+        return cls(
+            architecture=(cfg.get("architectures") or ["unknown"])[0],
+            num_attention_heads=heads,
+            num_key_value_heads=int(text.get("num_key_value_heads") or heads),
+            num_hidden_layers=int(text["num_hidden_layers"]),
+            hidden_size=int(text["hidden_size"]),
+            intermediate_size=int(text.get("intermediate_size") or 4 * text["hidden_size"]),
+            vocab_size=int(text["vocab_size"]),
+            max_position_embeddings=text.get("max_position_embeddings"),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            num_experts=int(text.get("num_local_experts") or text.get("num_experts") or 1),
+            torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+        )
+
+    def parameter_count(self) -> int:
+        """Decoder-only transformer with gated MLP (Llama/Qwen2/Mistral/Mixtral family)."""
+        h, layers = self.hidden_size, self.num_hidden_layers
+        head_dim = h // self.num_attention_heads
+        q_out = self.num_attention_heads * head_dim
+        kv_out = self.num_key_value_heads * head_dim
+        attention = h * q_out + 2 * h * kv_out + q_out * h
+        mlp = self.num_experts * 3 * h * self.intermediate_size
+        router = h * self.num_experts if self.num_experts > 1 else 0
+        per_layer = attention + mlp + router + 2 * h
+        embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return embeddings + layers * per_layer + h
+
+
+DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "auto": 2}
+
+
+def cache_root(cache_dir: str) -> Path:
+    return Path(os.path.expanduser(cache_dir))
+
+
+def _config_digest(model: ModelConfig) -> str:
+    blob = json.dumps({"hf": model.hf_config, "seed": model.seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def model_dir(model: ModelConfig, cache_dir: str) -> Optional[str]:
+    """Where vLLM will read the model from (a directory or a hub id); no file is touched.
+
+    None when a shape entry has neither a path nor load_format=dummy (the plan says why)."""
+    if model.path:
+        return os.path.expanduser(model.path) if os.path.isdir(os.path.expanduser(model.path)) else model.path
+    if model.source is ModelSource.generated:
+        return str(cache_root(cache_dir) / "models" / f"{model.name}-{_config_digest(model)}")
+    if model.source is ModelSource.shape and model.load_format == "dummy":
+        return str(cache_root(cache_dir) / "shapes" / f"{model.name}-{_config_digest(model)}")
+    return None
+
+
+def read_hf_config(model: ModelConfig, cache_dir: str) -> Optional[Dict[str, Any]]:
+    """config.json from the model directory when it exists, else the entry's own numbers."""
+    where = model_dir(model, cache_dir)
+    if where and os.path.isfile(os.path.join(where, "config.json")):
+        with open(os.path.join(where, "config.json")) as f:
+            return json.load(f)
+    return dict(model.hf_config) or None
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _tokenizer_files(hf_config: Dict[str, Any]) -> Dict[str, str]:
+    """A byte-level BPE tokenizer whose vocabulary spans the model's whole vocab_size.
+
+    Covering every id matters for dummy and random weights: the model may emit any id, and
+    the detokenizer must be able to turn each into text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab_size = int((hf_config.get("text_config") or hf_config)["vocab_size"])
+    bos_id = hf_config.get("bos_token_id")
+    eos = hf_config.get("eos_token_id")
+    eos_id = eos[0] if isinstance(eos, list) else eos
+    specials = {}
+    if bos_id is not None and bos_id < vocab_size:
+        specials[int(bos_id)] = "<|begin_of_text|>"
+    if eos_id is not None and eos_id < vocab_size:
+        specials[int(eos_id)] = "<|end_of_text|>"
+    byte_chars = iter(pre_tokenizers.ByteLevel.alphabet())
+    vocab: Dict[str, int] = {}
+    for token_id in range(vocab_size):
+        if token_id in specials:
+            vocab[specials[token_id]] = token_id
+            continue
+        char = next(byte_chars, None)
+        vocab[char if char is not None else f"<|reserved_{token_id}|>"] = token_id
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(specials.values()))
+    tok_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": int(hf_config.get("max_position_embeddings") or 2048),
+        "clean_up_tokenization_spaces": False,
+    }
+    if bos_id in specials:
+        tok_config["bos_token"] = specials[bos_id]
+    if eos_id in specials:
+        tok_config["eos_token"] = specials[eos_id]
+    return {
+        "tokenizer.json": tok.to_str(),
+        "tokenizer_config.json": json.dumps(tok_config, indent=2),
+    }
+
+
+def _random_safetensors(hf_config: Dict[str, Any], seed: int) -> bytes:
+    """Random Llama weights in safetensors format, bfloat16, written without torch."""
+    import numpy as np
+
+    shape = ModelShape.from_hf_config(hf_config)
+    h, inter = shape.hidden_size, shape.intermediate_size
+    head_dim = h // shape.num_attention_heads
+    q, kv = shape.num_attention_heads * head_dim, shape.num_key_value_heads * head_dim
+    tensors: Dict[str, tuple] = {"model.embed_tokens.weight": (shape.vocab_size, h), "model.norm.weight": (h,)}
+    if not shape.tie_word_embeddings:
+        tensors["lm_head.weight"] = (shape.vocab_size, h)
+    for i in range(shape.num_hidden_layers):
+        p = f"model.layers.{i}."
+        tensors.update(
+            {
+                p + "self_attn.q_proj.weight": (q, h),
+                p + "self_attn.k_proj.weight": (kv, h),
+                p + "self_attn.v_proj.weight": (kv, h),
+                p + "self_attn.o_proj.weight": (h, q),
+                p + "mlp.gate_proj.weight": (inter, h),
+                p + "mlp.up_proj.weight": (inter, h),
+                p + "mlp.down_proj.weight": (h, inter),
+                p + "input_layernorm.weight": (h,),
+                p + "post_attention_layernorm.weight": (h,),
+            }
+        )
+    rng = np.random.default_rng(seed)
+    header: Dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        dims = tensors[name]
+        values = np.ones(dims, np.float32) if len(dims) == 1 else rng.normal(0, 0.02, dims).astype(np.float32)
+        bits = values.view(np.uint32)
+        # Round to nearest even, then keep the upper half: float32 -> bfloat16.
+        bf16 = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(dims), "data_offsets": [offset, offset + len(bf16)]}
+        chunks.append(bf16)
+        offset += len(bf16)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head + b"".join(chunks)
+
+
+def materialise(model: ModelConfig, cache_dir: str) -> Optional[str]:
+    """Write the files vLLM needs for a generated or dummy-weight model, once.
+
+    Written into a temporary directory and renamed into place, so concurrent runs (a
+    multirun, two terminals) never see half a model."""
+    where = model_dir(model, cache_dir)
+    if where is None or model.path:
+        return where
+    target = Path(where)
+    if (target / "config.json").is_file():
+        return where
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        hf = dict(model.hf_config)
+        files = _tokenizer_files(hf)
+        files["config.json"] = json.dumps(hf, indent=2)
+        gen = {k: hf[k] for k in ("bos_token_id", "eos_token_id") if k in hf}
+        files["generation_config.json"] = json.dumps(gen, indent=2)
+        for name, text in files.items():
+            (staging / name).write_text(text)
+        if model.source is ModelSource.generated:
+            (staging / "model.safetensors").write_bytes(_random_safetensors(hf, model.seed))
+        try:
+            os.rename(staging, target)
+        except OSError:  # another run won the race; its copy is identical
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return where

@@ -1,0 +1,385 @@
+"""The plan: a pure function of (config, hardware probe, model config.json, vLLM version,
+inherited environment). It returns the exact argv and environment the launch will use, the
+devices, an estimate, and every problem found, each naming the key, the value and the fix.
+
+No I/O happens here, so ``mode=plan`` answers in well under a second and the tests can
+enumerate every profile × model × mode.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from runner import compat
+from runner.models import DTYPE_BYTES, ModelShape, model_dir
+from runner.probe import HardwareProbe
+from runner.schema import Device, Interconnect, Mode, ModelSource, RunnerConfig
+
+GIB = 2**30
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default
+# Variables that say NVLink multicast is switched off on this machine.
+MULTICAST_OFF_SIGNS = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    value: Any
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}: {self.message}. Fix: {self.fix}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str
+    device: str  # cuda | cpu
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    devices: Tuple[int, ...]  # GPU indices (PCI-bus order) or CPU cores
+    devices_available: int
+    model_name: str
+    model_path: Optional[str]
+    argv: Tuple[str, ...]
+    env: Dict[str, str]  # what the runner sets on top of the inherited environment
+    url: str
+    problems: Tuple[Problem, ...] = ()
+    notes: Tuple[str, ...] = ()
+    estimate: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = asdict(self)
+        out["problems"] = [asdict(p) | {"text": str(p)} for p in self.problems]
+        return out
+
+
+def kv_heads_split_evenly(tp: int, kv_heads: int) -> bool:
+    # vllm/model_executor/layers/linear.py, QKVParallelLinear: with tp >= kv heads each KV
+    # head is replicated tp // kv times, otherwise kv heads are divided among ranks.
+    return tp % kv_heads == 0 if tp >= kv_heads else kv_heads % tp == 0
+
+
+def valid_tp_sizes(shape: Optional[ModelShape], limit: int) -> List[int]:
+    sizes = []
+    for tp in range(1, max(limit, 1) + 1):
+        if shape is None or (
+            shape.num_attention_heads % tp == 0 and kv_heads_split_evenly(tp, shape.num_key_value_heads)
+        ):
+            sizes.append(tp)
+    return sizes
+
+
+def _or_list(values: Sequence[int]) -> str:
+    items = [str(v) for v in values]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def render_extra_args(extra: Mapping[str, Any]) -> List[str]:
+    """{key: value} -> vLLM flags. True is a bare flag, False is --no-key, dicts are JSON."""
+    out: List[str] = []
+    for key, value in extra.items():
+        if value is None:
+            continue
+        if value is True:
+            out.append(_flag(key))
+        elif value is False:
+            out.append("--no-" + key.replace("_", "-"))
+        elif isinstance(value, (dict, list)):
+            out += [_flag(key), json.dumps(value, separators=(",", ":"))]
+        else:
+            out += [_flag(key), str(value)]
+    return out
+
+
+def _deep_merge(base: Dict[str, Any], extra: Mapping[str, Any]) -> Dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _cpu_bind(cores: Sequence[int], ranks: int) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND: one contiguous block of cores per rank, '0-3|4-7'."""
+    per_rank = max(len(cores) // ranks, 1)
+    blocks = []
+    for r in range(ranks):
+        block = cores[r * per_rank : (r + 1) * per_rank]
+        blocks.append(str(block[0]) if len(block) == 1 else f"{block[0]}-{block[-1]}")
+    return "|".join(blocks)
+
+
+def _weights_bytes(shape: ModelShape, dtype: str) -> int:
+    key = dtype if dtype != "auto" else (shape.torch_dtype or "bfloat16")
+    return shape.parameter_count() * DTYPE_BYTES.get(str(key), 2)
+
+
+def make_plan(
+    cfg: RunnerConfig,
+    probe: HardwareProbe,
+    hf_config: Optional[Mapping[str, Any]],
+    vllm_version: Optional[str],
+    inherited_env: Mapping[str, str],
+    python: str = "python",
+) -> Plan:
+    hw, model, serve = cfg.hw, cfg.model, cfg.serve
+    problems: List[Problem] = []
+    notes: List[str] = []
+    planning_only = cfg.mode is Mode.plan
+    visible = probe.visible_gpus()
+
+    # ---- which device, and how many of them may be used
+    device = hw.device
+    if device is Device.auto:
+        device = Device.cuda if (visible or (planning_only and hw.gpu_count)) else Device.cpu
+    if device is Device.cuda:
+        declared = hw.gpu_count
+        if planning_only and declared is not None:
+            available = declared
+        else:
+            available = len(visible)
+            if declared is not None and declared > available:
+                problems.append(
+                    Problem(
+                        "hw",
+                        hw.name,
+                        f"the profile declares {declared} GPUs but {available} "
+                        f"{'is' if available == 1 else 'are'} visible",
+                        "hw=auto, or a profile for this machine"
+                        + ("" if available else " (hw=cpu-2 without GPUs)")
+                        + "; or mode=plan to plan for the declared machine",
+                    )
+                )
+            elif declared is not None:
+                available = declared
+        devices_pool: Tuple[int, ...] = tuple(g.index for g in visible[:available]) or tuple(range(available))
+    else:
+        cores = probe.cpus_allowed
+        available = hw.cpu_cores if hw.cpu_cores is not None else len(cores)
+        if not planning_only and available > len(cores):
+            problems.append(
+                Problem(
+                    "hw.cpu_cores",
+                    available,
+                    f"only {len(cores)} cores are available to this process",
+                    f"hw.cpu_cores={len(cores)} or hw=auto",
+                )
+            )
+            available = len(cores)
+        devices_pool = tuple(cores[:available]) or tuple(range(available))
+
+    # ---- the model
+    shape = ModelShape.from_hf_config(dict(hf_config)) if hf_config else None
+    path = model_dir(model, cfg.cache_dir)
+    if path is None:
+        if model.source is ModelSource.local:
+            problems.append(Problem("model.path", None, "model=local needs a model directory or hub id", "model.path=/path/to/model"))
+        else:
+            problems.append(
+                Problem(
+                    "model.path",
+                    None,
+                    f"{model.name} has no weights here",
+                    "model.path=DIR (or a hub id) for real weights, or model.load_format=dummy to rehearse",
+                )
+            )
+    if shape is None:
+        notes.append("config.json not readable before launch: head and memory checks skipped")
+
+    # ---- parallel sizes
+    pp = serve.pipeline_parallel_size
+    tp = serve.tensor_parallel_size
+    if pp < 1:
+        problems.append(Problem("serve.pipeline_parallel_size", pp, "must be at least 1", "serve.pipeline_parallel_size=1"))
+        pp = 1
+    if tp is None:
+        choices = valid_tp_sizes(shape, max(available // pp, 1))
+        tp = choices[-1]
+        notes.append(f"tensor_parallel_size not set: {tp}, the largest the model allows on {available} device(s)")
+    elif tp < 1:
+        problems.append(Problem("serve.tensor_parallel_size", tp, "must be at least 1", "serve.tensor_parallel_size=1"))
+        tp = 1
+    fits_devices = valid_tp_sizes(shape, max(available // pp, 1))
+    if tp * pp > available:
+        unit = "GPUs" if device is Device.cuda else "CPU cores"
+        problems.append(
+            Problem(
+                "serve.tensor_parallel_size",
+                tp,
+                f"TP {tp} x PP {pp} needs {tp * pp} {unit}, {available} available",
+                f"serve.tensor_parallel_size={_or_list(fits_devices)}" if fits_devices else "a machine with more devices",
+            )
+        )
+    if shape is not None:
+        # vllm/config/model.py, ModelConfig.verify_with_parallel_config.
+        if shape.num_attention_heads % tp:
+            problems.append(
+                Problem(
+                    "serve.tensor_parallel_size",
+                    tp,
+                    f"num_attention_heads={shape.num_attention_heads} is not divisible by it",
+                    f"use {_or_list(fits_devices)}",
+                )
+            )
+        elif not kv_heads_split_evenly(tp, shape.num_key_value_heads):
+            problems.append(
+                Problem(
+                    "serve.tensor_parallel_size",
+                    tp,
+                    f"num_key_value_heads={shape.num_key_value_heads} can be neither split nor replicated evenly",
+                    f"use {_or_list(fits_devices)}",
+                )
+            )
+        # vllm/distributed/utils.py, get_pp_indices: every stage needs at least one layer.
+        if pp > shape.num_hidden_layers:
+            problems.append(
+                Problem(
+                    "serve.pipeline_parallel_size",
+                    pp,
+                    f"more stages than num_hidden_layers={shape.num_hidden_layers}",
+                    f"serve.pipeline_parallel_size<={shape.num_hidden_layers}",
+                )
+            )
+
+    # ---- memory: weights per GPU against what vLLM may use (the full model is issue-3's planner)
+    estimate: Dict[str, Any] = {}
+    util = serve.gpu_memory_utilization
+    if util is not None and not 0 < util <= 1:
+        problems.append(Problem("serve.gpu_memory_utilization", util, "must be in (0, 1]", "serve.gpu_memory_utilization=0.9"))
+    if shape is not None:
+        weights = _weights_bytes(shape, serve.dtype)
+        estimate = {"parameters": shape.parameter_count(), "weights_gib": round(weights / GIB, 2)}
+        gpu_gib = hw.gpu_memory_gib
+        if gpu_gib is None and visible:
+            gpu_gib = min(g.memory_total_bytes for g in visible) / GIB
+        if device is Device.cuda and gpu_gib and serve.quantization is None:
+            per_gpu = weights / (tp * pp) / GIB
+            budget = gpu_gib * (util if util and 0 < util <= 1 else DEFAULT_GPU_MEMORY_UTILIZATION)
+            estimate.update(weights_gib_per_gpu=round(per_gpu, 2), budget_gib_per_gpu=round(budget, 2))
+            if per_gpu >= budget:
+                big_enough = [t for t in fits_devices if weights / (t * pp) / GIB < budget]
+                problems.append(
+                    Problem(
+                        "serve.tensor_parallel_size",
+                        tp,
+                        f"weights need {per_gpu:.1f} GiB per GPU, more than the {budget:.1f} GiB vLLM may use "
+                        f"({gpu_gib:.0f} GiB x {budget / gpu_gib:.2f})",
+                        f"serve.tensor_parallel_size={_or_list(big_enough)}" if big_enough else "more or larger GPUs, or a quantized model",
+                    )
+                )
+
+    # ---- port
+    if not 0 < serve.port < 65536:
+        problems.append(Problem("serve.port", serve.port, "not a TCP port", "serve.port=8000"))
+
+    # ---- environment: only what the runner changes; the launch adds it over the inherited one
+    world = tp * pp
+    chosen = devices_pool[:world]
+    env: Dict[str, str] = {}
+    if device is Device.cuda:
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in chosen)
+    else:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_bind(chosen, world) if chosen else "auto"
+        env["VLLM_CPU_KVCACHE_SPACE"] = f"{hw.cpu_kvcache_space_gib:g}"
+    for key, default in (("VLLM_NO_USAGE_STATS", "1"), ("DO_NOT_TRACK", "1")):
+        if key not in inherited_env:
+            env[key] = default
+    if path and path.startswith("/") and "HF_HUB_OFFLINE" not in inherited_env:
+        env["HF_HUB_OFFLINE"] = "1"  # a local directory needs no hub; don't wait on one
+    env.update({str(k): str(v) for k, v in hw.env.items()})
+
+    # ---- argv
+    served_name = serve.served_model_name or model.name
+    argv: List[str] = [python, "-m", compat.API_SERVER_MODULE, "--model", str(path or model.name)]
+    argv += ["--served-model-name", served_name, "--host", serve.host, "--port", str(serve.port)]
+    argv += ["--tensor-parallel-size", str(tp)]
+    if pp != 1:
+        argv += ["--pipeline-parallel-size", str(pp)]
+    if model.load_format != "auto":
+        argv += ["--load-format", model.load_format]
+    if model.revision:
+        argv += ["--revision", model.revision]
+    if serve.dtype != "auto":
+        argv += ["--dtype", serve.dtype]
+    max_model_len = serve.max_model_len or model.max_model_len
+    for key, value in (
+        ("max_model_len", max_model_len),
+        ("gpu_memory_utilization", util if device is Device.cuda else None),
+        ("max_num_seqs", serve.max_num_seqs),
+        ("max_num_batched_tokens", serve.max_num_batched_tokens),
+        ("kv_cache_dtype", serve.kv_cache_dtype),
+        ("quantization", serve.quantization),
+        ("seed", serve.seed),
+        ("distributed_executor_backend", serve.distributed_executor_backend),
+    ):
+        if value is not None:
+            argv += [_flag(key), str(value)]
+    if serve.enforce_eager:
+        argv.append("--enforce-eager")
+    if serve.trust_remote_code:
+        argv.append("--trust-remote-code")
+
+    extra = dict(serve.extra_args)
+    if device is Device.cuda and tp >= 2:
+        multicast_off = any(inherited_env.get(k) == v for k, v in MULTICAST_OFF_SIGNS.items())
+        if hw.nvlink_multicast is not True or multicast_off:
+            user_cc = extra.get("compilation_config") or {}
+            if isinstance(user_cc, str):
+                user_cc = json.loads(user_cc)
+            pass_cfg = user_cc.get("pass_config", {}) if isinstance(user_cc, Mapping) else {}
+            if "fuse_allreduce_rms" not in pass_cfg:
+                extra["compilation_config"] = _deep_merge(compat.allreduce_rms_fusion_off(vllm_version), user_cc)
+                why = "switched off on this machine" if multicast_off else "not known to work here (hw.nvlink_multicast)"
+                notes.append(
+                    f"all-reduce+RMSNorm fusion off: NVLink multicast is {why}, and vLLM's default picks "
+                    "FlashInfer's mnnvl all-reduce, which then crashes TP>=2 with an illegal memory access"
+                )
+        interconnect = hw.interconnect
+        if interconnect is Interconnect.pcie and tp > 2 and "disable_custom_all_reduce" not in extra:
+            extra["disable_custom_all_reduce"] = True
+            notes.append("custom all-reduce off: vLLM's supports at most 2 GPUs over PCIe and would warn and skip it")
+    argv += render_extra_args(extra)
+
+    if vllm_version is None and not planning_only:
+        problems.append(
+            Problem("launch.python", python, "no vLLM is installed for this interpreter", "install vLLM (README: set-up), or launch.python=/path/to/python-with-vllm")
+        )
+    elif vllm_version is not None and not compat.is_supported(vllm_version):
+        notes.append(f"vLLM {vllm_version} is outside the tested range 0.26-0.33")
+
+    client_host = "127.0.0.1" if serve.host in ("0.0.0.0", "::", "") else serve.host
+    return Plan(
+        mode=cfg.mode.value,
+        device=device.value,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        devices=tuple(chosen),
+        devices_available=available,
+        model_name=served_name,
+        model_path=path,
+        argv=tuple(argv),
+        env=env,
+        url=f"http://{client_host}:{serve.port}",
+        problems=tuple(problems),
+        notes=tuple(notes),
+        estimate=estimate,
+    )

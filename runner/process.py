@@ -1,0 +1,172 @@
+"""Processes and HTTP: the second seam that touches the outside world.
+
+vLLM runs in a session (and process group) of its own, so the terminal's Ctrl-C reaches
+only the runner, which then stops the whole group: SIGTERM, a grace period, SIGKILL, and a
+check that nothing of the group survives. Its output goes straight to ``vllm.log`` (no pipe
+the runner must keep draining), and the readiness wait reads that file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Mapping, Optional, Sequence
+
+
+class HttpError(RuntimeError):
+    pass
+
+
+def http_json(url: str, payload: Optional[dict] = None, timeout: float = 10.0) -> Any:
+    """GET (or POST when payload is given) and decode JSON; HttpError on anything else."""
+    data = json.dumps(payload).encode() if payload is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as e:
+        raise HttpError(f"{url}: HTTP {e.code}: {e.read()[:300].decode(errors='replace')}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise HttpError(f"{url}: {getattr(e, 'reason', e)}") from None
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        raise HttpError(f"{url}: not JSON: {body[:200]!r}") from None
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def port_in_use(host: str, port: int) -> bool:
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    family = socket.AF_INET6 if ":" in probe_host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((probe_host, port)) == 0
+
+
+def group_members(pgid: int) -> List[int]:
+    """Live (non-zombie) processes whose process group is pgid, read from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state not in ("Z", "X"):
+            members.append(int(entry))
+    return members
+
+
+@dataclass
+class StopReport:
+    signal: str
+    seconds: float
+    exit_code: Optional[int]
+    survivors_after_term: List[int] = field(default_factory=list)
+    survivors: List[int] = field(default_factory=list)  # after SIGKILL: must be empty
+
+
+class Server:
+    """A vLLM server process group whose output goes to a log file."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path, echo: bool = False):
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "ab", buffering=0)
+        self.started_at = time.time()
+        self.proc = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.pgid = self.proc.pid
+        self._echo_stop = threading.Event()
+        if echo:
+            threading.Thread(target=self._echo, daemon=True).start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _echo(self) -> None:
+        with open(self.log_path, "rb") as f:
+            while not self._echo_stop.is_set():
+                line = f.readline()
+                if line:
+                    os.write(1, line)
+                else:
+                    time.sleep(0.2)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(f.tell() - 64 * 1024, 0))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace_s: float = 20.0) -> StopReport:
+        """SIGTERM the group, wait up to grace_s, SIGKILL what is left, confirm it is gone."""
+        t0 = time.time()
+        sent = "none"
+        if group_members(self.pgid) or self.alive():
+            sent = "SIGTERM"
+            _killpg(self.pgid, signal.SIGTERM)
+        deadline = t0 + grace_s
+        while time.time() < deadline and (self.alive() or group_members(self.pgid)):
+            time.sleep(0.2)
+            self.proc.poll()
+        after_term = group_members(self.pgid)
+        if after_term or self.alive():
+            sent = "SIGKILL"
+            _killpg(self.pgid, signal.SIGKILL)
+            end = time.time() + 10
+            while time.time() < end and group_members(self.pgid):
+                time.sleep(0.1)
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        self._echo_stop.set()
+        self._log.close()
+        return StopReport(
+            signal=sent,
+            seconds=round(time.time() - t0, 2),
+            exit_code=code,
+            survivors_after_term=after_term,
+            survivors=group_members(self.pgid),
+        )
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,355 @@
+"""One run: probe → plan → preflight → launch → ready → verify → manifest → teardown.
+
+``execute`` returns the exit code: 0 verified/planned, 2 rejected (bad input: nothing is
+launched), 1 failed (vLLM did not come up, or did not verify).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner import compat, logs, models, process, vllm_log
+from runner.manifest import (
+    RUNTIME_PROBE,
+    SCHEMA_VERSION,
+    now_iso,
+    runner_side_versions,
+    write_json_atomic,
+)
+from runner.plan import Plan, Problem, make_plan
+from runner.probe import HardwareProbe, probe_hardware
+from runner.redact import redact_argv, redact_env
+from runner.schema import Mode, RunnerConfig
+
+EXIT_OK, EXIT_FAILED, EXIT_REJECTED = 0, 1, 2
+log = logs.get("runner")
+
+
+class RunFailed(Exception):
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"{stage}: {reason}")
+        self.stage, self.reason = stage, reason
+
+
+def _vllm_version_for(python: str) -> Optional[str]:
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        return compat.installed_vllm()[1]
+    out = subprocess.run(
+        [python, "-c", "from runner.compat import installed_vllm as v; print(v()[1] or '')"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    return out.stdout.strip() or None
+
+
+def hardware_summary(probe: HardwareProbe) -> Dict[str, Any]:
+    return {
+        "source": probe.source,
+        "gpus": [dataclasses.asdict(g) for g in probe.gpus],
+        "driver_version": probe.driver_version,
+        "cuda_driver_version": probe.cuda_driver_version,
+        "cpus_allowed": len(probe.cpus_allowed),
+        "inherited_cuda_visible_devices": probe.inherited_cuda_mask,
+        "topology_matrix": probe.topology_matrix,
+        "notes": list(probe.notes),
+    }
+
+
+def model_summary(cfg: RunnerConfig, plan: Plan, hf_config: Optional[dict]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {
+        "name": cfg.model.name,
+        "source": cfg.model.source.value,
+        "path": plan.model_path,
+        "load_format": cfg.model.load_format,
+    }
+    if hf_config:
+        shape = models.ModelShape.from_hf_config(hf_config)
+        out.update(dataclasses.asdict(shape))
+        out["parameters"] = shape.parameter_count()
+    return out
+
+
+class Run:
+    """Carries one run's state so every exit path writes the same manifest."""
+
+    def __init__(self, cfg_node: DictConfig, run_dir: Path, process_start: float):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.process_start = process_start
+        self.t0 = time.time()
+        self.cfg_node = cfg_node
+        self.cfg: RunnerConfig = OmegaConf.to_object(cfg_node)
+        self.server: Optional[process.Server] = None
+        self.versions: Dict[str, Any] = runner_side_versions()
+        self.timings: Dict[str, float] = {}
+        self.manifest: Dict[str, Any] = {}
+        self._runtime_probe: Optional[subprocess.Popen] = None
+
+    # ----------------------------------------------------------------- manifest
+    def write_manifest(self, status: str, exit_code: int, **sections: Any) -> Dict[str, Any]:
+        self.timings["total_s"] = round(time.time() - self.process_start, 3)
+        self.manifest.update(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "status": status,
+                "exit_code": exit_code,
+                "mode": self.cfg.mode.value,
+                "started_at": self.manifest.get("started_at") or now_iso(),
+                "finished_at": now_iso(),
+                "run_dir": str(self.run_dir),
+                "command": redact_argv(sys.argv),
+                "versions": self.versions,
+                "timings": self.timings,
+            }
+        )
+        self.manifest.update(sections)
+        write_json_atomic(self.run_dir / "manifest.json", self.manifest)
+        return self.manifest
+
+    def _collect_runtime_versions(self) -> None:
+        if self._runtime_probe is None:
+            return
+        try:
+            out, _ = self._runtime_probe.communicate(timeout=60)
+            self.versions.update(json.loads(out.strip().splitlines()[-1]))
+        except Exception as e:  # versions are informative; never fail a run for them
+            self.versions["runtime_probe_error"] = repr(e)
+            self._runtime_probe.kill()
+        self._runtime_probe = None
+
+    # ----------------------------------------------------------------- stages
+    def prepare(self) -> Plan:
+        cfg = self.cfg
+        self.manifest["started_at"] = now_iso()
+        probe = probe_hardware()
+        hf_config = models.read_hf_config(cfg.model, cfg.cache_dir)
+        python = cfg.launch.python or sys.executable
+        version = _vllm_version_for(python) if cfg.mode is not Mode.plan else compat.installed_vllm()[1]
+        plan = make_plan(cfg, probe, hf_config, version, os.environ, python=python)
+        if cfg.mode is not Mode.plan and process.port_in_use(cfg.serve.host, cfg.serve.port):
+            plan = dataclasses.replace(
+                plan,
+                problems=plan.problems
+                + (Problem("serve.port", cfg.serve.port, "something already listens there", f"serve.port={cfg.serve.port + 1}, or stop the other server"),),
+            )
+        self.manifest.update(
+            {
+                "config": OmegaConf.to_container(self.cfg_node, resolve=True),
+                "plan": self.plan_record(plan),
+                "problems": [p for p in plan.to_dict()["problems"]],
+                "notes": list(plan.notes),
+                "hardware": hardware_summary(probe),
+                "model": model_summary(cfg, plan, hf_config),
+            }
+        )
+        self.versions["vllm"] = version
+        # Written before anything runs: what will be launched, and with which environment.
+        write_json_atomic(self.run_dir / "plan.json", self.manifest["plan"] | {"problems": self.manifest["problems"]})
+        return plan
+
+    @staticmethod
+    def plan_record(plan: Plan) -> Dict[str, Any]:
+        record = plan.to_dict()
+        record.pop("problems")
+        record.pop("notes")
+        record["argv"] = redact_argv(plan.argv)
+        record["env"] = redact_env(plan.env)
+        return record
+
+    def launch(self, plan: Plan) -> None:
+        cfg = self.cfg
+        models.materialise(cfg.model, cfg.cache_dir)
+        env = {**os.environ, **plan.env}
+        self.timings["overhead_before_spawn_s"] = round(time.time() - self.process_start, 3)
+        self.server = process.Server(plan.argv, env, self.run_dir / "vllm.log", echo=cfg.launch.echo_log)
+        self.timings["spawn_s"] = round(time.time() - self.t0, 3)
+        log.info("vllm started", pid=self.server.pid, log=str(self.run_dir / "vllm.log"), argv=" ".join(redact_argv(plan.argv)))
+        self._runtime_probe = subprocess.Popen(
+            [plan.argv[0], "-c", RUNTIME_PROBE], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        )
+
+    def wait_ready(self, plan: Plan) -> None:
+        """process alive → /health answers 200 → /v1/models lists the served name."""
+        assert self.server is not None
+        deadline = self.server.started_at + self.cfg.verify.ready_timeout_s
+        health_at: Optional[float] = None
+        last_stage = None
+        while True:
+            if not self.server.alive():
+                raise RunFailed("start-up", f"vLLM exited with code {self.server.proc.returncode} before it was ready")
+            if time.time() > deadline:
+                raise RunFailed("start-up", f"not ready after {self.cfg.verify.ready_timeout_s:.0f} s (verify.ready_timeout_s)")
+            stage = vllm_log.current_stage(self.server.log_tail(200))
+            if stage and stage != last_stage:
+                log.info("vllm stage", stage=stage, elapsed_s=round(time.time() - self.server.started_at, 1))
+                last_stage = stage
+            if health_at is None:
+                if process.http_ok(plan.url + "/health"):
+                    health_at = time.time()
+                    self.timings["health_s"] = round(health_at - self.server.started_at, 3)
+            else:
+                try:
+                    listed = process.http_json(plan.url + "/v1/models", timeout=5)
+                    if any(m.get("id") == plan.model_name for m in listed.get("data", [])):
+                        self.timings["ready_s"] = round(time.time() - self.server.started_at, 3)
+                        return
+                except process.HttpError:
+                    pass
+            time.sleep(0.5)
+
+    def verify(self, plan: Plan) -> Dict[str, Any]:
+        v = self.cfg.verify
+        t = time.time()
+        listed = process.http_json(plan.url + "/v1/models", timeout=v.request_timeout_s)
+        ids = [m.get("id") for m in listed.get("data", [])]
+        request = {
+            "model": plan.model_name,
+            "prompt": v.prompt,
+            "max_tokens": v.max_tokens,
+            "temperature": 0,
+            "ignore_eos": True,  # the same number of tokens on any weights, random ones included
+        }
+        try:
+            resp = process.http_json(plan.url + "/v1/completions", request, timeout=v.request_timeout_s)
+        except process.HttpError as e:
+            raise RunFailed("verify", str(e)) from None
+        self.timings["verify_s"] = round(time.time() - t, 3)
+        choice = (resp.get("choices") or [{}])[0]
+        usage = resp.get("usage") or {}
+        completion = {
+            "prompt": v.prompt,
+            "text": choice.get("text") or "",
+            "finish_reason": choice.get("finish_reason"),
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0),
+            "latency_s": self.timings["verify_s"],
+        }
+        checks = {
+            "models_lists_served_name": plan.model_name in ids,
+            "completion_has_tokens": completion["completion_tokens"] > 0,
+            "completion_has_text": bool(completion["text"]),
+        }
+        return {"passed": all(checks.values()), "checks": checks, "models": ids, "completion": completion}
+
+    def stop(self) -> Optional[Dict[str, Any]]:
+        if self.server is None:
+            return None
+        report = self.server.stop(self.cfg.launch.stop_grace_s)
+        self.server = None
+        if report.survivors:
+            log.error("vllm processes survived the stop", pids=report.survivors)
+        return dataclasses.asdict(report)
+
+
+def execute(cfg_node: DictConfig, run_dir: Path, process_start: float) -> int:
+    run = Run(cfg_node, run_dir, process_start)
+    logs.log_to_run_dir(run.run_dir / "runner.jsonl")
+    try:
+        return _execute(run)
+    finally:
+        if run.server is not None:  # an exception we did not expect: never leave vLLM behind
+            run.stop()
+        logs.log_to_run_dir(None)
+
+
+def _execute(run: Run) -> int:
+    cfg = run.cfg
+    plan = run.prepare()
+    for note in plan.notes:
+        log.info("plan", note=note)
+    if not plan.ok:
+        for problem in plan.problems:
+            log.error("rejected", problem=str(problem))
+        run.write_manifest("rejected", EXIT_REJECTED)
+        print(f"rejected: {len(plan.problems)} problem(s); manifest: {run.run_dir / 'manifest.json'}", file=sys.stderr)
+        return EXIT_REJECTED
+    if cfg.mode is Mode.plan:
+        run.write_manifest("planned", EXIT_OK)
+        print(_plan_text(plan))
+        return EXIT_OK
+
+    try:
+        run.launch(plan)
+        run.wait_ready(plan)
+        log.info("vllm ready", url=plan.url, ready_s=run.timings["ready_s"])
+        verification = run.verify(plan)
+        run._collect_runtime_versions()
+        reported = vllm_log.reported_figures(run.server.log_tail(2000) if run.server else "")
+        if not verification["passed"]:
+            raise RunFailed("verify", f"checks failed: {[k for k, ok in verification['checks'].items() if not ok]}")
+        run.manifest["verification"] = verification
+        run.manifest["vllm_reported"] = reported
+        log.info("verified", text=verification["completion"]["text"], **reported)
+    except RunFailed as failure:
+        tail = run.server.log_tail(60) if run.server else ""
+        run._collect_runtime_versions()
+        teardown = run.stop()
+        sections: Dict[str, Any] = {"failure": {"stage": failure.stage, "reason": failure.reason, "log_tail": tail}}
+        if teardown:
+            sections["teardown"] = teardown
+        run.write_manifest("failed", EXIT_FAILED, **sections)
+        log.error("failed", stage=failure.stage, reason=failure.reason)
+        print(f"--- last lines of {run.run_dir / 'vllm.log'} ---\n{tail}", file=sys.stderr)
+        return EXIT_FAILED
+
+    if cfg.mode is Mode.check:
+        teardown = run.stop()
+        code = EXIT_OK if teardown and not teardown["survivors"] else EXIT_FAILED
+        run.write_manifest("verified" if code == EXIT_OK else "failed", code, teardown=teardown)
+        print(f"verified {plan.model_name} at TP={plan.tensor_parallel_size} in {run.timings['ready_s']:.1f} s; manifest: {run.run_dir / 'manifest.json'}")
+        return code
+
+    # mode=serve: keep serving until Ctrl-C / SIGTERM, or until vLLM dies.
+    run.write_manifest("verified", EXIT_OK)
+    print(f"serving {plan.model_name} (TP={plan.tensor_parallel_size}) at {plan.url}/v1  —  Ctrl-C to stop", flush=True)
+    try:
+        while run.server is not None and run.server.alive():
+            time.sleep(1)
+    except KeyboardInterrupt:
+        teardown = run.stop()
+        run.write_manifest("verified", EXIT_OK, teardown=teardown, stopped_by="signal")
+        log.info("stopped", by="signal")
+        return EXIT_OK
+    code = run.server.proc.returncode if run.server else None
+    tail = run.server.log_tail(60) if run.server else ""
+    teardown = run.stop()
+    run.write_manifest(
+        "failed",
+        EXIT_FAILED,
+        teardown=teardown,
+        failure={"stage": "serving", "reason": f"vLLM exited with code {code} while serving", "log_tail": tail},
+    )
+    log.error("vllm exited while serving", exit_code=code)
+    return EXIT_FAILED
+
+
+def _plan_text(plan: Plan) -> str:
+    env = " ".join(f"{k}={v}" for k, v in redact_env(plan.env).items())
+    lines = [
+        f"plan: {plan.model_name} on {plan.device} devices {list(plan.devices)} "
+        f"(TP={plan.tensor_parallel_size}, PP={plan.pipeline_parallel_size}, {plan.devices_available} available)",
+    ]
+    if plan.estimate:
+        lines.append("estimate: " + ", ".join(f"{k}={v}" for k, v in plan.estimate.items()))
+    lines += [f"note: {n}" for n in plan.notes]
+    lines.append(f"command: {env} {' '.join(_shell_quote(a) for a in redact_argv(plan.argv))}")
+    return "\n".join(lines)
+
+
+def _shell_quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+__all__: List[str] = ["execute", "EXIT_OK", "EXIT_FAILED", "EXIT_REJECTED"]

@@ -1,0 +1,152 @@
+"""The config schema: dataclasses registered in Hydra's ConfigStore.
+
+YAML files under ``conf/`` are data; these classes are the types. A misspelt key or a
+wrong type fails when Hydra composes the config, not minutes later inside vLLM.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Mode(str, enum.Enum):
+    serve = "serve"  # launch, verify, keep serving until Ctrl-C
+    check = "check"  # launch, verify, write the manifest, stop
+    plan = "plan"  # resolve and validate only; nothing is launched
+
+
+class Device(str, enum.Enum):
+    auto = "auto"  # from the hardware probe: cuda when NVML sees a GPU, else cpu
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+class Interconnect(str, enum.Enum):
+    auto = "auto"
+    nvlink = "nvlink"
+    pcie = "pcie"
+    none = "none"
+
+
+class ModelSource(str, enum.Enum):
+    generated = "generated"  # random weights written locally (tiny-llama)
+    shape = "shape"  # published config.json numbers; real weights via model.path, or dummy
+    local = "local"  # any model directory (or hub id) given by model.path
+
+
+@dataclass
+class HwConfig:
+    name: str = "auto"
+    device: Device = Device.auto
+    # GPUs the profile declares; None means "as many as the probe sees" (hw=auto).
+    gpu_count: Optional[int] = None
+    gpu_memory_gib: Optional[float] = None
+    gpu_name: Optional[str] = None
+    interconnect: Interconnect = Interconnect.auto
+    # Whether NVLink multicast (NVLS) works on this machine. None: unknown, and the
+    # runner then keeps vLLM away from the all-reduce fusion that needs it.
+    nvlink_multicast: Optional[bool] = None
+    # CPU profiles: how many cores to bind ranks to (None: all the runner may use).
+    cpu_cores: Optional[int] = None
+    cpu_kvcache_space_gib: float = 1.0
+    env: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # the served model name clients use
+    source: ModelSource = ModelSource.shape
+    # A local directory or a hub id. For shape entries, None means "rehearse": it then
+    # requires load_format=dummy and the runner writes config.json + a tokenizer.
+    path: Optional[str] = None
+    load_format: str = "auto"
+    revision: Optional[str] = None
+    # The architecture's published config.json (shape entries) or the generated one.
+    hf_config: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # generated weights only
+    # Context length the runner asks for when serve.max_model_len is not set (None: the
+    # model's own). Shape entries with 128k contexts set less, so a rehearsal fits.
+    max_model_len: Optional[int] = None
+
+
+@dataclass
+class ServeConfig:
+    """vLLM's own long option names; anything else goes through extra_args."""
+
+    # None: every usable device, reduced to the largest size the model allows.
+    tensor_parallel_size: Optional[int] = None
+    pipeline_parallel_size: int = 1
+    gpu_memory_utilization: Optional[float] = None
+    max_model_len: Optional[int] = None
+    max_num_seqs: Optional[int] = None
+    max_num_batched_tokens: Optional[int] = None
+    dtype: str = "auto"
+    kv_cache_dtype: Optional[str] = None
+    quantization: Optional[str] = None
+    enforce_eager: bool = False
+    trust_remote_code: bool = False
+    seed: Optional[int] = None
+    distributed_executor_backend: Optional[str] = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: Optional[str] = None
+    # --flag value pairs passed through verbatim: {enable_prefix_caching: true,
+    # compilation_config: {...}}. True renders as a bare flag, False as --no-flag.
+    extra_args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VerifyConfig:
+    prompt: str = "The capital of France is"
+    max_tokens: int = 8
+    ready_timeout_s: float = 900.0
+    request_timeout_s: float = 120.0
+
+
+@dataclass
+class LaunchConfig:
+    # Interpreter that runs vLLM; None: the runner's own.
+    python: Optional[str] = None
+    stop_grace_s: float = 20.0
+    # Copy vLLM's output to the console as well as to vllm.log.
+    echo_log: bool = False
+
+
+@dataclass
+class RunnerConfig:
+    hw: HwConfig = MISSING
+    model: ModelConfig = MISSING
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    mode: Mode = Mode.serve
+    # Generated and materialised model directories live here.
+    cache_dir: str = "~/.cache/vllm-tp-runner"
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="runner_schema", node=RunnerConfig)
+    cs.store(group="hw", name="base_hw", node=HwConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="serve", name="base_serve", node=ServeConfig)
+
+
+__all__: List[str] = [
+    "Device",
+    "HwConfig",
+    "Interconnect",
+    "LaunchConfig",
+    "Mode",
+    "ModelConfig",
+    "ModelSource",
+    "RunnerConfig",
+    "ServeConfig",
+    "VerifyConfig",
+    "register_configs",
+]
