@@ -42,7 +42,9 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def _job(cfg: DictConfig) -> None:
     from runner.run import execute
 
-    code = execute(cfg, Path(HydraConfig.get().runtime.output_dir), _process_start())
+    # The first job's clock starts with the interpreter; a multirun's later jobs with themselves.
+    started = _process_start() if not _exit_codes else time.time()
+    code = execute(cfg, Path(HydraConfig.get().runtime.output_dir), started)
     _exit_codes.append(code)
     if HydraConfig.get().mode is RunMode.RUN:
         sys.exit(code)

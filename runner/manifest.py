@@ -32,6 +32,7 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a manifest is for the team to read
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -30,6 +30,7 @@ class ModelShape:
     num_key_value_heads: int
     num_hidden_layers: int
     hidden_size: int
+    head_dim: int
     intermediate_size: int
     vocab_size: int
     max_position_embeddings: Optional[int]
@@ -47,6 +48,7 @@ class ModelShape:
             num_key_value_heads=int(text.get("num_key_value_heads") or heads),
             num_hidden_layers=int(text["num_hidden_layers"]),
             hidden_size=int(text["hidden_size"]),
+            head_dim=int(text.get("head_dim") or text["hidden_size"] // heads),
             intermediate_size=int(text.get("intermediate_size") or 4 * text["hidden_size"]),
             vocab_size=int(text["vocab_size"]),
             max_position_embeddings=text.get("max_position_embeddings"),
@@ -57,8 +59,7 @@ class ModelShape:
 
     def parameter_count(self) -> int:
         """Decoder-only transformer with gated MLP (Llama/Qwen2/Mistral/Mixtral family)."""
-        h, layers = self.hidden_size, self.num_hidden_layers
-        head_dim = h // self.num_attention_heads
+        h, layers, head_dim = self.hidden_size, self.num_hidden_layers, self.head_dim
         q_out = self.num_attention_heads * head_dim
         kv_out = self.num_key_value_heads * head_dim
         attention = h * q_out + 2 * h * kv_out + q_out * h
@@ -122,7 +123,7 @@ def _tokenizer_files(hf_config: Dict[str, Any]) -> Dict[str, str]:
         specials[int(bos_id)] = "<|begin_of_text|>"
     if eos_id is not None and eos_id < vocab_size:
         specials[int(eos_id)] = "<|end_of_text|>"
-    byte_chars = iter(pre_tokenizers.ByteLevel.alphabet())
+    byte_chars = iter(sorted(pre_tokenizers.ByteLevel.alphabet()))
     vocab: Dict[str, int] = {}
     for token_id in range(vocab_size):
         if token_id in specials:
@@ -154,8 +155,7 @@ def _random_safetensors(hf_config: Dict[str, Any], seed: int) -> bytes:
     import numpy as np
 
     shape = ModelShape.from_hf_config(hf_config)
-    h, inter = shape.hidden_size, shape.intermediate_size
-    head_dim = h // shape.num_attention_heads
+    h, inter, head_dim = shape.hidden_size, shape.intermediate_size, shape.head_dim
     q, kv = shape.num_attention_heads * head_dim, shape.num_key_value_heads * head_dim
     tensors: Dict[str, tuple] = {"model.embed_tokens.weight": (shape.vocab_size, h), "model.norm.weight": (h,)}
     if not shape.tie_word_embeddings:

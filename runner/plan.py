@@ -117,14 +117,19 @@ def _deep_merge(base: Dict[str, Any], extra: Mapping[str, Any]) -> Dict[str, Any
     return merged
 
 
+def _core_list(cores: Sequence[int]) -> str:
+    """'0-3' for a contiguous run, '0,2,4' otherwise (both are what vLLM's parser takes)."""
+    if len(cores) > 1 and list(cores) == list(range(cores[0], cores[-1] + 1)):
+        return f"{cores[0]}-{cores[-1]}"
+    return ",".join(str(c) for c in cores)
+
+
 def _cpu_bind(cores: Sequence[int], ranks: int) -> str:
-    """VLLM_CPU_OMP_THREADS_BIND: one contiguous block of cores per rank, '0-3|4-7'."""
-    per_rank = max(len(cores) // ranks, 1)
-    blocks = []
-    for r in range(ranks):
-        block = cores[r * per_rank : (r + 1) * per_rank]
-        blocks.append(str(block[0]) if len(block) == 1 else f"{block[0]}-{block[-1]}")
-    return "|".join(blocks)
+    """VLLM_CPU_OMP_THREADS_BIND: the cores split into one block per rank, '0-3|4-7'."""
+    per_rank = len(cores) // ranks
+    if per_rank == 0:
+        return "auto"  # fewer cores than ranks: already a problem; never reached at launch
+    return "|".join(_core_list(cores[r * per_rank : (r + 1) * per_rank]) for r in range(ranks))
 
 
 def _weights_bytes(shape: ModelShape, dtype: str) -> int:
@@ -170,7 +175,9 @@ def make_plan(
                 )
             elif declared is not None:
                 available = declared
-        devices_pool: Tuple[int, ...] = tuple(g.index for g in visible[:available]) or tuple(range(available))
+        devices_pool: Tuple[int, ...] = tuple(g.index for g in visible[:available])
+        if len(devices_pool) < available:  # mode=plan for a machine bigger than this one
+            devices_pool = tuple(range(available))
     else:
         cores = probe.cpus_allowed
         available = hw.cpu_cores if hw.cpu_cores is not None else len(cores)
@@ -292,14 +299,15 @@ def make_plan(
 
     # ---- environment: only what the runner changes; the launch adds it over the inherited one
     world = tp * pp
-    chosen = devices_pool[:world]
     env: Dict[str, str] = {}
     if device is Device.cuda:
+        chosen = devices_pool[:world]
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in chosen)
     else:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_bind(chosen, world) if chosen else "auto"
-        env["VLLM_CPU_KVCACHE_SPACE"] = f"{hw.cpu_kvcache_space_gib:g}"
+        chosen = devices_pool  # every core the profile allows, shared out among the ranks
+        env["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_bind(chosen, world)
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(hw.cpu_kvcache_space_gib)
     for key, default in (("VLLM_NO_USAGE_STATS", "1"), ("DO_NOT_TRACK", "1")):
         if key not in inherited_env:
             env[key] = default
@@ -343,11 +351,13 @@ def make_plan(
         multicast_off = any(inherited_env.get(k) == v for k, v in MULTICAST_OFF_SIGNS.items())
         if hw.nvlink_multicast is not True or multicast_off:
             user_cc = extra.get("compilation_config") or {}
-            if isinstance(user_cc, str):
+            if isinstance(user_cc, str) and user_cc.lstrip().startswith("{"):
                 user_cc = json.loads(user_cc)
-            pass_cfg = user_cc.get("pass_config", {}) if isinstance(user_cc, Mapping) else {}
-            if "fuse_allreduce_rms" not in pass_cfg:
-                extra["compilation_config"] = _deep_merge(compat.allreduce_rms_fusion_off(vllm_version), user_cc)
+            fusion_off = compat.allreduce_rms_fusion_off(vllm_version)
+            # A user's own fuse_allreduce_rms, or a compilation_config we can't merge (an
+            # optimisation level such as 3), is left exactly as given.
+            if fusion_off and isinstance(user_cc, Mapping) and "fuse_allreduce_rms" not in user_cc.get("pass_config", {}):
+                extra["compilation_config"] = _deep_merge(fusion_off, user_cc)
                 why = "switched off on this machine" if multicast_off else "not known to work here (hw.nvlink_multicast)"
                 notes.append(
                     f"all-reduce+RMSNorm fusion off: NVLink multicast is {why}, and vLLM's default picks "

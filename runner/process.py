@@ -133,23 +133,26 @@ class Server:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, grace_s: float = 20.0) -> StopReport:
-        """SIGTERM the group, wait up to grace_s, SIGKILL what is left, confirm it is gone."""
+        """Stop the server the way vLLM expects, then make sure the whole group is gone.
+
+        SIGTERM goes to the API server alone first: it shuts its engine and workers down in
+        order (a group-wide SIGTERM kills the engine under it and it logs EngineDeadError).
+        Whatever of the group outlives the grace period gets SIGTERM, then SIGKILL."""
         t0 = time.time()
         sent = "none"
-        if group_members(self.pgid) or self.alive():
+        if self.alive():
             sent = "SIGTERM"
-            _killpg(self.pgid, signal.SIGTERM)
-        deadline = t0 + grace_s
-        while time.time() < deadline and (self.alive() or group_members(self.pgid)):
-            time.sleep(0.2)
-            self.proc.poll()
+            self.proc.send_signal(signal.SIGTERM)
+        self._wait_gone(t0 + grace_s)
         after_term = group_members(self.pgid)
-        if after_term or self.alive():
+        if after_term:
+            sent = "SIGTERM (group)"
+            _killpg(self.pgid, signal.SIGTERM)
+            self._wait_gone(time.time() + min(grace_s, 5.0))
+        if group_members(self.pgid) or self.alive():
             sent = "SIGKILL"
             _killpg(self.pgid, signal.SIGKILL)
-            end = time.time() + 10
-            while time.time() < end and group_members(self.pgid):
-                time.sleep(0.1)
+            self._wait_gone(time.time() + 10.0)
         try:
             code = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -163,6 +166,10 @@ class Server:
             survivors_after_term=after_term,
             survivors=group_members(self.pgid),
         )
+
+    def _wait_gone(self, deadline: float) -> None:
+        while time.time() < deadline and (self.proc.poll() is None or group_members(self.pgid)):
+            time.sleep(0.2)
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -4,7 +4,8 @@ secret, and the values of secret-bearing flags in argv, are replaced."""
 from __future__ import annotations
 
 import re
-from typing import Iterable, List, Mapping, Dict
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping
 
 MASK = "***redacted***"
 _SECRET_NAME = re.compile(r"(_TOKEN|_KEY|_SECRET|PASSWORD|^HF_TOKEN$|CREDENTIALS)", re.IGNORECASE)
@@ -29,8 +30,49 @@ def redact_argv(argv: Iterable[str]) -> List[str]:
         elif arg in _SECRET_FLAGS:
             out.append(arg)
             hide_next = True
-        elif "=" in arg and arg.split("=", 1)[0] in _SECRET_FLAGS:
+        elif "=" in arg and (arg.split("=", 1)[0] in _SECRET_FLAGS or is_secret_name(arg.split("=", 1)[0].replace("-", "_"))):
+            # --api-key=X, and Hydra overrides such as +serve.extra_args.api_key=X
             out.append(arg.split("=", 1)[0] + "=" + MASK)
         else:
             out.append(arg)
     return out
+
+
+def redact_tree(obj: Any) -> Any:
+    """A copy of a config tree with the values of secret-looking keys masked."""
+    if isinstance(obj, Mapping):
+        return {k: (MASK if is_secret_name(str(k)) and obj[k] else redact_tree(obj[k])) for k in obj}
+    if isinstance(obj, list):
+        return [redact_tree(v) for v in obj]
+    return obj
+
+
+def secret_values(obj: Any) -> List[str]:
+    """The values redact_tree would mask, for scrubbing files written by others."""
+    found: List[str] = []
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if is_secret_name(str(k)) and isinstance(v, (str, int)) and str(v):
+                found.append(str(v))
+            else:
+                found += secret_values(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            found += secret_values(v)
+    return found
+
+
+def scrub_files(directory: Path, secrets: Iterable[str]) -> None:
+    """Replace secret values in every file of a directory (Hydra's .hydra/ copies)."""
+    secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+    if not secrets or not Path(directory).is_dir():
+        return
+    for path in Path(directory).iterdir():
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        cleaned = text
+        for secret in secrets:
+            cleaned = cleaned.replace(secret, MASK)
+        if cleaned != text:
+            path.write_text(cleaned)

@@ -27,7 +27,7 @@ from runner.manifest import (
 )
 from runner.plan import Plan, Problem, make_plan
 from runner.probe import HardwareProbe, probe_hardware
-from runner.redact import redact_argv, redact_env
+from runner.redact import redact_argv, redact_env, redact_tree, scrub_files, secret_values
 from runner.schema import Mode, RunnerConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_REJECTED = 0, 1, 2
@@ -89,6 +89,8 @@ class Run:
         self.t0 = time.time()
         self.cfg_node = cfg_node
         self.cfg: RunnerConfig = OmegaConf.to_object(cfg_node)
+        # A secret given as an override (+hw.env.HF_TOKEN=…) must not stay in Hydra's copies.
+        scrub_files(self.run_dir / ".hydra", secret_values(OmegaConf.to_container(cfg_node, resolve=True)))
         self.server: Optional[process.Server] = None
         self.versions: Dict[str, Any] = runner_side_versions()
         self.timings: Dict[str, float] = {}
@@ -144,7 +146,7 @@ class Run:
             )
         self.manifest.update(
             {
-                "config": OmegaConf.to_container(self.cfg_node, resolve=True),
+                "config": redact_tree(OmegaConf.to_container(self.cfg_node, resolve=True)),
                 "plan": self.plan_record(plan),
                 "problems": [p for p in plan.to_dict()["problems"]],
                 "notes": list(plan.notes),

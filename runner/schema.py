@@ -53,7 +53,7 @@ class HwConfig:
     nvlink_multicast: Optional[bool] = None
     # CPU profiles: how many cores to bind ranks to (None: all the runner may use).
     cpu_cores: Optional[int] = None
-    cpu_kvcache_space_gib: float = 1.0
+    cpu_kvcache_space_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE; vLLM parses it as an integer
     env: Dict[str, str] = field(default_factory=dict)
 
 
