@@ -148,6 +148,12 @@ def parse_nvidia_smi_query(text: str) -> Tuple[Tuple[Gpu, ...], Optional[str]]:
     return tuple(gpus), driver
 
 
+def topology_matrix() -> Optional[str]:
+    """`nvidia-smi topo -m`, kept in the manifest. Slow-ish (up to a second): callers that
+    are about to launch ask for it after the spawn, not before."""
+    return _run(["nvidia-smi", "topo", "-m"])
+
+
 def probe_hardware(with_topology: bool = True) -> HardwareProbe:
     """Ask the machine what it has. Never raises: a machine with no GPU is a valid answer."""
     notes = []
@@ -171,7 +177,7 @@ def probe_hardware(with_topology: bool = True) -> HardwareProbe:
             gpus, driver = parse_nvidia_smi_query(text)
             source = "nvidia-smi"
             notes.append("NVML unavailable; read GPUs from nvidia-smi")
-    topology = _run(["nvidia-smi", "topo", "-m"]) if (with_topology and gpus) else None
+    topology = topology_matrix() if (with_topology and gpus) else None
     return HardwareProbe(
         gpus=gpus,
         cpus_allowed=_cpus_allowed(),

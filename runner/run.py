@@ -26,7 +26,7 @@ from runner.manifest import (
     write_json_atomic,
 )
 from runner.plan import Plan, Problem, make_plan
-from runner.probe import HardwareProbe, probe_hardware
+from runner.probe import HardwareProbe, probe_hardware, topology_matrix
 from runner.redact import redact_argv, redact_env, redact_tree, scrub_files, secret_values
 from runner.schema import Mode, RunnerConfig
 
@@ -118,7 +118,7 @@ class Run:
         write_json_atomic(self.run_dir / "manifest.json", self.manifest)
         return self.manifest
 
-    def _collect_runtime_versions(self) -> None:
+    def collect_runtime_versions(self) -> None:
         if self._runtime_probe is None:
             return
         try:
@@ -133,7 +133,7 @@ class Run:
     def prepare(self) -> Plan:
         cfg = self.cfg
         self.manifest["started_at"] = now_iso()
-        probe = probe_hardware()
+        probe = probe_hardware(with_topology=cfg.mode is Mode.plan)
         hf_config = models.read_hf_config(cfg.model, cfg.cache_dir)
         python = cfg.launch.python or sys.executable
         version = _vllm_version_for(python) if cfg.mode is not Mode.plan else compat.installed_vllm()[1]
@@ -179,6 +179,9 @@ class Run:
         self._runtime_probe = subprocess.Popen(
             [plan.argv[0], "-c", RUNTIME_PROBE], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
         )
+        # Manifest-only facts are gathered while vLLM loads, not before it starts.
+        if self.manifest["hardware"]["gpus"]:
+            self.manifest["hardware"]["topology_matrix"] = topology_matrix()
 
     def wait_ready(self, plan: Plan) -> None:
         """process alive → /health answers 200 → /v1/models lists the served name."""
@@ -285,16 +288,16 @@ def _execute(run: Run) -> int:
         run.wait_ready(plan)
         log.info("vllm ready", url=plan.url, ready_s=run.timings["ready_s"])
         verification = run.verify(plan)
-        run._collect_runtime_versions()
+        run.collect_runtime_versions()
         reported = vllm_log.reported_figures(run.server.log_tail(2000) if run.server else "")
-        if not verification["passed"]:
-            raise RunFailed("verify", f"checks failed: {[k for k, ok in verification['checks'].items() if not ok]}")
         run.manifest["verification"] = verification
         run.manifest["vllm_reported"] = reported
+        if not verification["passed"]:
+            raise RunFailed("verify", f"checks failed: {[k for k, ok in verification['checks'].items() if not ok]}")
         log.info("verified", text=verification["completion"]["text"], **reported)
     except RunFailed as failure:
         tail = run.server.log_tail(60) if run.server else ""
-        run._collect_runtime_versions()
+        run.collect_runtime_versions()
         teardown = run.stop()
         sections: Dict[str, Any] = {"failure": {"stage": failure.stage, "reason": failure.reason, "log_tail": tail}}
         if teardown:

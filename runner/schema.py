@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 class Mode(str, enum.Enum):
@@ -129,7 +129,13 @@ class RunnerConfig:
     cache_dir: str = "~/.cache/vllm-tp-runner"
 
 
+def _path_safe(text: str) -> str:
+    """A sweep point's directory name from its overrides: no path separators in it."""
+    return text.replace("/", "_").replace(" ", "") or "default"
+
+
 def register_configs() -> None:
+    OmegaConf.register_new_resolver("path_safe", _path_safe, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="runner_schema", node=RunnerConfig)
     cs.store(group="hw", name="base_hw", node=HwConfig)
