@@ -3,9 +3,11 @@ compose, hand the config to ``run.execute``; everything else lives there."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import List
 
@@ -18,7 +20,17 @@ from runner import logs
 from runner.schema import register_configs
 
 PROCESS_START = time.time()
+# An absolute path: under `python -m` Hydra would otherwise look for a Python package "conf".
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 _exit_codes: List[int] = []
+_job_started = False
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, delivered the way Ctrl-C is, so one code path stops vLLM for both."""
+
+    signal_name = "SIGTERM"
+    exit_code = 128 + signal.SIGTERM
 
 
 def _process_start() -> float:
@@ -30,16 +42,14 @@ def _process_start() -> float:
         return PROCESS_START
 
 
-def _sigterm_as_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-# An absolute path: under `python -m` Hydra would otherwise look for a Python package "conf".
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+def _sigterm(signum, frame):
+    raise Interrupted()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _job(cfg: DictConfig) -> None:
+    global _job_started
+    _job_started = True
     from runner.run import execute
 
     # The first job's clock starts with the interpreter; a multirun's later jobs with themselves.
@@ -53,14 +63,20 @@ def _job(cfg: DictConfig) -> None:
 def main() -> None:
     logs.configure()
     register_configs()
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signal.signal(signal.SIGTERM, _sigterm)
+    # Let Hydra's composition errors reach us as exceptions: they are bad input (exit 2, one
+    # line, a rejected manifest), not crashes.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _job()
-    except SystemExit as e:
-        # Hydra exits 1 when it cannot compose the config (unknown key, bad value): that is
-        # bad input, which this tool answers with 2. Our own codes pass through untouched.
-        if e.code == 1 and not _exit_codes:
-            sys.exit(2)
+    except SystemExit:
         raise
+    except Exception as exc:
+        if _job_started:  # a bug of ours, not bad input: say so plainly
+            traceback.print_exc()
+            sys.exit(1)
+        from runner.run import reject_before_compose
+
+        sys.exit(reject_before_compose(exc, sys.argv[1:]))
     # multirun: every point ran; the sweep's code is its worst point's
     sys.exit(max(_exit_codes, default=0))

@@ -16,8 +16,9 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+from runner.problems import Problem
 from runner.schema import ModelConfig, ModelSource
 
 
@@ -37,6 +38,9 @@ class ModelShape:
     tie_word_embeddings: bool
     num_experts: int
     torch_dtype: Optional[str]
+    # The longest max_model_len vLLM accepts (vllm/config/model.py, _get_and_verify_max_len):
+    # max_position_embeddings, times the RoPE factor for scalings that don't pre-scale it.
+    context_length: Optional[int] = None
 
     @classmethod
     def from_hf_config(cls, cfg: Dict[str, Any]) -> "ModelShape":
@@ -55,6 +59,7 @@ class ModelShape:
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             num_experts=int(text.get("num_local_experts") or text.get("num_experts") or 1),
             torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+            context_length=_derived_context(text),
         )
 
     def parameter_count(self) -> int:
@@ -69,6 +74,22 @@ class ModelShape:
         embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
         return embeddings + layers * per_layer + h
 
+
+_PRESCALED_ROPE = {"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}
+
+
+def _derived_context(cfg: Dict[str, Any]) -> Optional[int]:
+    length = cfg.get("max_position_embeddings")
+    if not length:
+        return None
+    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    kind = rope.get("rope_type") or rope.get("type") if isinstance(rope, dict) else None
+    if kind and kind not in _PRESCALED_ROPE and rope.get("factor"):
+        length = length * float(rope["factor"])
+    return int(length)
+
+
+REQUIRED_KEYS = ("num_attention_heads", "num_hidden_layers", "hidden_size", "vocab_size")
 
 DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "auto": 2}
 
@@ -95,13 +116,48 @@ def model_dir(model: ModelConfig, cache_dir: str) -> Optional[str]:
     return None
 
 
-def read_hf_config(model: ModelConfig, cache_dir: str) -> Optional[Dict[str, Any]]:
-    """config.json from the model directory when it exists, else the entry's own numbers."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "tekken.json")
+
+
+def inspect_model(model: ModelConfig, cache_dir: str) -> Tuple[Optional[Dict[str, Any]], List[Problem]]:
+    """The model's config.json (or the entry's own numbers), and what is wrong with its files.
+
+    Checked before launch because vLLM finds these minutes later, behind a stack trace."""
     where = model_dir(model, cache_dir)
-    if where and os.path.isfile(os.path.join(where, "config.json")):
-        with open(os.path.join(where, "config.json")) as f:
-            return json.load(f)
-    return dict(model.hf_config) or None
+    fix_dir = "model.path=DIR (a directory with config.json, weights and a tokenizer)"
+    if model.path and not os.path.isdir(os.path.expanduser(model.path)):
+        if model.path.startswith(("/", ".", "~")) or os.sep in model.path.strip("/").replace("/", "", 1):
+            return None, [Problem("model.path", model.path, "no such directory", fix_dir)]
+        return dict(model.hf_config) or None, []  # a hub id: vLLM fetches it
+    if not (where and os.path.isdir(where)):
+        return dict(model.hf_config) or None, []  # generated / dummy: written at launch
+    problems: List[Problem] = []
+    config_path = os.path.join(where, "config.json")
+    hf: Optional[Dict[str, Any]] = None
+    if not os.path.isfile(config_path):
+        problems.append(Problem("model.path", where, "no config.json in the directory", fix_dir))
+    else:
+        try:
+            with open(config_path) as f:
+                hf = json.load(f)
+        except (OSError, ValueError) as e:
+            problems.append(Problem("model.path", where, f"config.json is unreadable ({str(e).splitlines()[0][:80]})", "repair or re-download config.json"))
+        if hf is not None:
+            text = hf.get("text_config") or hf
+            missing = [k for k in REQUIRED_KEYS if k not in text]
+            if missing:
+                problems.append(Problem("model.path", where, f"config.json lacks {', '.join(missing)}", "repair or re-download config.json"))
+                hf = None
+    present = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(where, n))]
+    if not present:
+        problems.append(Problem("model.path", where, f"no tokenizer ({', '.join(TOKENIZER_FILES[:3])}…)", "copy the model's tokenizer files into the directory"))
+    elif present[0] == "tokenizer.json":
+        try:
+            with open(os.path.join(where, "tokenizer.json")) as f:
+                json.load(f)
+        except (OSError, ValueError) as e:
+            problems.append(Problem("model.path", where, f"tokenizer.json is unreadable ({str(e).splitlines()[0][:60]})", "repair or re-download tokenizer.json"))
+    return hf, problems
 
 
 # --------------------------------------------------------------------------- writing

@@ -15,23 +15,25 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from runner import compat
 from runner.models import DTYPE_BYTES, ModelShape, model_dir
 from runner.probe import HardwareProbe
+from runner.problems import Problem
+from runner.redact import MASK
 from runner.schema import Device, Interconnect, Mode, ModelSource, RunnerConfig
 
 GIB = 2**30
+# vllm/config/model.py, ModelDType
+VLLM_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+SECRET_FLAGS = {"api_key", "hf_token"}
+# Flags the runner renders from its own keys; extra_args must not say them a second time.
+MANAGED_FLAGS = {
+    "model": "model.path", "served_model_name": "serve.served_model_name", "host": "serve.host",
+    "port": "serve.port", "tensor_parallel_size": "serve.tensor_parallel_size",
+    "pipeline_parallel_size": "serve.pipeline_parallel_size", "load_format": "model.load_format",
+    "dtype": "serve.dtype", "max_model_len": "serve.max_model_len", "revision": "model.revision",
+    "gpu_memory_utilization": "serve.gpu_memory_utilization", "trust_remote_code": "serve.trust_remote_code",
+}
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default
 # Variables that say NVLink multicast is switched off on this machine.
 MULTICAST_OFF_SIGNS = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
-
-
-@dataclass(frozen=True)
-class Problem:
-    key: str
-    value: Any
-    message: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.key}={self.value}: {self.message}. Fix: {self.fix}"
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,7 @@ def make_plan(
                     "serve.tensor_parallel_size",
                     tp,
                     f"num_attention_heads={shape.num_attention_heads} is not divisible by it",
-                    f"use {_or_list(fits_devices)}",
+                    f"serve.tensor_parallel_size={_or_list(fits_devices)}",
                 )
             )
         elif not kv_heads_split_evenly(tp, shape.num_key_value_heads):
@@ -252,7 +254,7 @@ def make_plan(
                     "serve.tensor_parallel_size",
                     tp,
                     f"num_key_value_heads={shape.num_key_value_heads} can be neither split nor replicated evenly",
-                    f"use {_or_list(fits_devices)}",
+                    f"serve.tensor_parallel_size={_or_list(fits_devices)}",
                 )
             )
         # vllm/distributed/utils.py, get_pp_indices: every stage needs at least one layer.
@@ -293,9 +295,46 @@ def make_plan(
                     )
                 )
 
-    # ---- port
+    # ---- everything else that must be positive, in range, or one of a set
     if not 0 < serve.port < 65536:
-        problems.append(Problem("serve.port", serve.port, "not a TCP port", "serve.port=8000"))
+        problems.append(Problem("serve.port", serve.port, "not a TCP port (1-65535)", "serve.port=8000"))
+    max_model_len = serve.max_model_len or model.max_model_len
+    if serve.max_model_len is not None and serve.max_model_len <= 0 and serve.max_model_len != -1:
+        problems.append(Problem("serve.max_model_len", serve.max_model_len, "must be positive (or -1: fit to memory)", "serve.max_model_len=4096, or leave it unset"))
+    elif shape is not None and shape.context_length and max_model_len and max_model_len > shape.context_length:
+        # vllm/config/model.py, _get_and_verify_max_len: "User-specified max_model_len … is
+        # greater than the derived max_model_len".
+        problems.append(
+            Problem("serve.max_model_len", max_model_len, f"longer than the model's context ({shape.context_length})", f"serve.max_model_len={shape.context_length}")
+        )
+    for key, value in (("max_num_seqs", serve.max_num_seqs), ("max_num_batched_tokens", serve.max_num_batched_tokens)):
+        if value is not None and value <= 0:
+            problems.append(Problem(f"serve.{key}", value, "must be positive", f"serve.{key}=256, or leave it unset"))
+    if serve.dtype not in VLLM_DTYPES:
+        problems.append(Problem("serve.dtype", serve.dtype, f"not one of vLLM's dtypes ({', '.join(VLLM_DTYPES)})", "serve.dtype=auto"))
+    if cfg.verify.max_tokens < 1:
+        problems.append(Problem("verify.max_tokens", cfg.verify.max_tokens, "the check needs at least one token", "verify.max_tokens=8"))
+    for key in ("ready_timeout_s", "request_timeout_s"):
+        if getattr(cfg.verify, key) <= 0:
+            problems.append(Problem(f"verify.{key}", getattr(cfg.verify, key), "must be positive", f"verify.{key}=900"))
+    if hw.cpu_cores is not None and hw.cpu_cores < 1 and device is Device.cpu:
+        problems.append(Problem("hw.cpu_cores", hw.cpu_cores, "must be at least 1", "hw.cpu_cores=2, or hw=auto"))
+    for key in serve.extra_args:
+        flag = key.replace("-", "_")
+        if flag in SECRET_FLAGS:
+            problems.append(
+                Problem(f"serve.extra_args.{key}", MASK, "an API key on the command line is visible to every user (ps) and in logs", "export VLLM_API_KEY=… (serve.api_key_env names the variable)")
+            )
+        elif flag in MANAGED_FLAGS:
+            owner = MANAGED_FLAGS[flag]
+            problems.append(Problem(f"serve.extra_args.{key}", serve.extra_args[key], f"the runner sets --{key.replace('_', '-')} itself", f"{owner}={serve.extra_args[key]}"))
+    if device is Device.cuda and probe.inherited_cuda_mask:
+        tokens = probe.inherited_cuda_mask.split(",")
+        bad = [t for t in tokens if not (t.strip().isdigit() or t.strip().startswith(("GPU-", "MIG-")))]
+        if bad:
+            problems.append(Problem("CUDA_VISIBLE_DEVICES", probe.inherited_cuda_mask, f"not a list of GPU indices or UUIDs ({bad[0]!r})", "export CUDA_VISIBLE_DEVICES=0,1 (or unset it)"))
+        elif len(set(t.strip() for t in tokens)) != len(tokens):
+            problems.append(Problem("CUDA_VISIBLE_DEVICES", probe.inherited_cuda_mask, "names a GPU twice", f"export CUDA_VISIBLE_DEVICES={','.join(dict.fromkeys(t.strip() for t in tokens))}"))
 
     # ---- environment: only what the runner changes; the launch adds it over the inherited one
     world = tp * pp
@@ -314,6 +353,14 @@ def make_plan(
     if path and path.startswith("/") and "HF_HUB_OFFLINE" not in inherited_env:
         env["HF_HUB_OFFLINE"] = "1"  # a local directory needs no hub; don't wait on one
     env.update({str(k): str(v) for k, v in hw.env.items()})
+    api_key = inherited_env.get(serve.api_key_env) if serve.api_key_env else None
+    if api_key and serve.api_key_env != "VLLM_API_KEY":
+        env["VLLM_API_KEY"] = api_key  # redacted wherever the plan is written
+    if serve.host in ("0.0.0.0", "::", "") and not api_key:
+        notes.append(
+            f"WARNING: serving on every interface without an API key: anyone who reaches port {serve.port} "
+            f"can use the model. export {serve.api_key_env or 'VLLM_API_KEY'}=…, or serve.host=127.0.0.1"
+        )
 
     # ---- argv
     served_name = serve.served_model_name or model.name
@@ -328,7 +375,6 @@ def make_plan(
         argv += ["--revision", model.revision]
     if serve.dtype != "auto":
         argv += ["--dtype", serve.dtype]
-    max_model_len = serve.max_model_len or model.max_model_len
     for key, value in (
         ("max_model_len", max_model_len),
         ("gpu_memory_utilization", util if device is Device.cuda else None),

@@ -26,10 +26,13 @@ class HttpError(RuntimeError):
     pass
 
 
-def http_json(url: str, payload: Optional[dict] = None, timeout: float = 10.0) -> Any:
+def http_json(url: str, payload: Optional[dict] = None, timeout: float = 10.0, api_key: Optional[str] = None) -> Any:
     """GET (or POST when payload is given) and decode JSON; HttpError on anything else."""
     data = json.dumps(payload).encode() if payload is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             body = resp.read()
@@ -102,6 +105,7 @@ class Server:
             start_new_session=True,
         )
         self.pgid = self.proc.pid
+        self.known_pids: set = set()  # every descendant seen, in case one leaves the group
         self._echo_stop = threading.Event()
         if echo:
             threading.Thread(target=self._echo, daemon=True).start()
@@ -112,6 +116,26 @@ class Server:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def track_descendants(self) -> None:
+        try:
+            import psutil
+
+            self.known_pids.update(p.pid for p in psutil.Process(self.pid).children(recursive=True))
+        except Exception:  # it exited meanwhile, or psutil is absent: the group scan remains
+            pass
+
+    def survivors(self) -> List[int]:
+        """Group members and known descendants still alive (zombies don't count)."""
+        alive = set(group_members(self.pgid))
+        for pid in self.known_pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                        alive.add(pid)
+            except OSError:
+                continue
+        return sorted(alive)
 
     def _echo(self) -> None:
         with open(self.log_path, "rb") as f:
@@ -139,19 +163,25 @@ class Server:
         order (a group-wide SIGTERM kills the engine under it and it logs EngineDeadError).
         Whatever of the group outlives the grace period gets SIGTERM, then SIGKILL."""
         t0 = time.time()
+        self.track_descendants()
         sent = "none"
         if self.alive():
             sent = "SIGTERM"
             self.proc.send_signal(signal.SIGTERM)
         self._wait_gone(t0 + grace_s)
-        after_term = group_members(self.pgid)
+        after_term = self.survivors()
         if after_term:
             sent = "SIGTERM (group)"
             _killpg(self.pgid, signal.SIGTERM)
             self._wait_gone(time.time() + min(grace_s, 5.0))
-        if group_members(self.pgid) or self.alive():
+        if self.survivors() or self.alive():
             sent = "SIGKILL"
             _killpg(self.pgid, signal.SIGKILL)
+            for pid in self.survivors():  # one that left the group still goes
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self._wait_gone(time.time() + 10.0)
         try:
             code = self.proc.wait(timeout=5)
@@ -164,11 +194,11 @@ class Server:
             seconds=round(time.time() - t0, 2),
             exit_code=code,
             survivors_after_term=after_term,
-            survivors=group_members(self.pgid),
+            survivors=self.survivors(),
         )
 
     def _wait_gone(self, deadline: float) -> None:
-        while time.time() < deadline and (self.proc.poll() is None or group_members(self.pgid)):
+        while time.time() < deadline and (self.proc.poll() is None or self.survivors()):
             time.sleep(0.2)
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,7 +26,9 @@ from runner.manifest import (
     runner_side_versions,
     write_json_atomic,
 )
-from runner.plan import Plan, Problem, make_plan
+from runner.compose_errors import hydra_dir_override, problem_from_compose_error
+from runner.diagnose import NOTE_CAUSES, diagnose
+from runner.plan import Plan, Problem, make_plan, valid_tp_sizes
 from runner.probe import HardwareProbe, probe_hardware, topology_matrix
 from runner.redact import redact_argv, redact_env, redact_tree, scrub_files, secret_values
 from runner.schema import Mode, RunnerConfig
@@ -35,9 +38,9 @@ log = logs.get("runner")
 
 
 class RunFailed(Exception):
-    def __init__(self, stage: str, reason: str):
+    def __init__(self, stage: str, reason: str, cause: Optional[str] = None, fix: Optional[str] = None):
         super().__init__(f"{stage}: {reason}")
-        self.stage, self.reason = stage, reason
+        self.stage, self.reason, self.cause, self.fix = stage, reason, cause, fix
 
 
 def _vllm_version_for(python: str) -> Optional[str]:
@@ -96,6 +99,9 @@ class Run:
         self.timings: Dict[str, float] = {}
         self.manifest: Dict[str, Any] = {}
         self._runtime_probe: Optional[subprocess.Popen] = None
+        self.diagnosis_context: Dict[str, Any] = {}
+        key_env = self.cfg.serve.api_key_env
+        self.api_key: Optional[str] = os.environ.get(key_env) if key_env else None
 
     # ----------------------------------------------------------------- manifest
     def write_manifest(self, status: str, exit_code: int, **sections: Any) -> Dict[str, Any]:
@@ -133,28 +139,47 @@ class Run:
     def prepare(self) -> Plan:
         cfg = self.cfg
         self.manifest["started_at"] = now_iso()
-        probe = probe_hardware(with_topology=cfg.mode is Mode.plan)
-        hf_config = models.read_hf_config(cfg.model, cfg.cache_dir)
+        launching = cfg.mode is not Mode.plan
+        probe = probe_hardware(with_topology=not launching)
+        hf_config, preflight = models.inspect_model(cfg.model, cfg.cache_dir)
         python = cfg.launch.python or sys.executable
-        version = _vllm_version_for(python) if cfg.mode is not Mode.plan else compat.installed_vllm()[1]
+        python_ok = bool(shutil.which(python))
+        if not python_ok:
+            preflight.append(Problem("launch.python", python, "no such interpreter", "launch.python=/path/to/python-with-vllm, or leave it unset"))
+        version = None
+        if python_ok:
+            version = _vllm_version_for(python) if launching else compat.installed_vllm()[1]
         plan = make_plan(cfg, probe, hf_config, version, os.environ, python=python)
-        if cfg.mode is not Mode.plan and process.port_in_use(cfg.serve.host, cfg.serve.port):
-            plan = dataclasses.replace(
-                plan,
-                problems=plan.problems
-                + (Problem("serve.port", cfg.serve.port, "something already listens there", f"serve.port={cfg.serve.port + 1}, or stop the other server"),),
-            )
+        if launching:
+            if 0 < cfg.serve.port < 65536 and process.port_in_use(cfg.serve.host, cfg.serve.port):
+                preflight.append(Problem("serve.port", cfg.serve.port, "something already listens there", f"serve.port={cfg.serve.port + 1}, or stop the other server"))
+            if not cfg.model.path and not _writable_dir(models.cache_root(cfg.cache_dir)):
+                preflight.append(Problem("cache_dir", cfg.cache_dir, "cannot be created or written (the model is written there)", "cache_dir=~/.cache/vllm-tp-runner"))
+        duplicate = {p.key for p in preflight}
+        plan = dataclasses.replace(plan, problems=tuple(preflight) + tuple(p for p in plan.problems if not (p.key == "launch.python" and p.key in duplicate)))
         self.manifest.update(
             {
                 "config": redact_tree(OmegaConf.to_container(self.cfg_node, resolve=True)),
                 "plan": self.plan_record(plan),
-                "problems": [p for p in plan.to_dict()["problems"]],
+                "problems": plan.to_dict()["problems"],
                 "notes": list(plan.notes),
                 "hardware": hardware_summary(probe),
                 "model": model_summary(cfg, plan, hf_config),
             }
         )
         self.versions["vllm"] = version
+        self.diagnosis_context = {
+            "tensor_parallel_size": plan.tensor_parallel_size,
+            "pipeline_parallel_size": plan.pipeline_parallel_size,
+            "device": plan.device,
+            "interconnect": cfg.hw.interconnect.value,
+            "gpu_count": plan.devices_available,
+            "valid_tp_sizes": valid_tp_sizes(models.ModelShape.from_hf_config(hf_config) if hf_config else None, plan.devices_available),
+            "max_model_len": cfg.serve.max_model_len or cfg.model.max_model_len,
+            "gpu_memory_utilization": cfg.serve.gpu_memory_utilization,
+            "port": cfg.serve.port,
+            "cpu_kvcache_space_gib": cfg.hw.cpu_kvcache_space_gib,
+        }
         # Written before anything runs: what will be launched, and with which environment.
         write_json_atomic(self.run_dir / "plan.json", self.manifest["plan"] | {"problems": self.manifest["problems"]})
         return plan
@@ -190,10 +215,12 @@ class Run:
         health_at: Optional[float] = None
         last_stage = None
         while True:
+            self.server.track_descendants()
             if not self.server.alive():
-                raise RunFailed("start-up", f"vLLM exited with code {self.server.proc.returncode} before it was ready")
+                raise RunFailed("start-up", f"vLLM exited with code {self.server.proc.returncode} before it was ready", "vllm_exited")
             if time.time() > deadline:
-                raise RunFailed("start-up", f"not ready after {self.cfg.verify.ready_timeout_s:.0f} s (verify.ready_timeout_s)")
+                limit = self.cfg.verify.ready_timeout_s
+                raise RunFailed("start-up", f"not ready after {limit:.0f} s", "startup_timeout", f"verify.ready_timeout_s={max(2 * limit, 60):.0f} (vLLM was still at: {last_stage or 'starting'})")
             stage = vllm_log.current_stage(self.server.log_tail(200))
             if stage and stage != last_stage:
                 log.info("vllm stage", stage=stage, elapsed_s=round(time.time() - self.server.started_at, 1))
@@ -204,7 +231,7 @@ class Run:
                     self.timings["health_s"] = round(health_at - self.server.started_at, 3)
             else:
                 try:
-                    listed = process.http_json(plan.url + "/v1/models", timeout=5)
+                    listed = process.http_json(plan.url + "/v1/models", timeout=5, api_key=self.api_key)
                     if any(m.get("id") == plan.model_name for m in listed.get("data", [])):
                         self.timings["ready_s"] = round(time.time() - self.server.started_at, 3)
                         return
@@ -215,7 +242,7 @@ class Run:
     def verify(self, plan: Plan) -> Dict[str, Any]:
         v = self.cfg.verify
         t = time.time()
-        listed = process.http_json(plan.url + "/v1/models", timeout=v.request_timeout_s)
+        listed = process.http_json(plan.url + "/v1/models", timeout=v.request_timeout_s, api_key=self.api_key)
         ids = [m.get("id") for m in listed.get("data", [])]
         request = {
             "model": plan.model_name,
@@ -225,7 +252,7 @@ class Run:
             "ignore_eos": True,  # the same number of tokens on any weights, random ones included
         }
         try:
-            resp = process.http_json(plan.url + "/v1/completions", request, timeout=v.request_timeout_s)
+            resp = process.http_json(plan.url + "/v1/completions", request, timeout=v.request_timeout_s, api_key=self.api_key)
         except process.HttpError as e:
             raise RunFailed("verify", str(e)) from None
         self.timings["verify_s"] = round(time.time() - t, 3)
@@ -267,16 +294,54 @@ def execute(cfg_node: DictConfig, run_dir: Path, process_start: float) -> int:
         logs.log_to_run_dir(None)
 
 
+def _failure(run: Run, stage: str, reason: str, cause: Optional[str], fix: Optional[str]) -> Dict[str, Any]:
+    """The manifest's failure section; vLLM's own log is asked for the root cause first."""
+    tail = run.server.log_tail(60) if run.server else ""
+    found = diagnose(run.server.log_tail(4000) if run.server else "", run.diagnosis_context)
+    if found and found.cause not in NOTE_CAUSES and cause != "interrupted":
+        cause, fix, summary, evidence = found.cause, found.fix, found.summary, found.evidence
+    else:
+        summary, evidence = reason, None
+    return {
+        "stage": stage,
+        "reason": reason,
+        "cause": cause or "unknown",
+        "summary": summary,
+        "fix": fix or f"read {run.run_dir / 'vllm.log'}",
+        "evidence": evidence,
+        "log_tail": tail,
+    }
+
+
+def _fail(run: Run, failure: Dict[str, Any], code: int) -> int:
+    run.collect_runtime_versions()
+    teardown = run.stop()
+    sections: Dict[str, Any] = {"failure": failure}
+    if teardown:
+        sections["teardown"] = teardown
+    run.write_manifest("failed", code, **sections)
+    log.error("failed", stage=failure["stage"], cause=failure["cause"], reason=failure["reason"])
+    if failure["log_tail"]:
+        print(f"--- last lines of {run.run_dir / 'vllm.log'} ---\n{failure['log_tail']}", file=sys.stderr)
+    print(f"error: {failure['cause']}: {failure['summary']}. Fix: {failure['fix']}", file=sys.stderr)
+    return code
+
+
+def _interrupt_code(interrupt: KeyboardInterrupt) -> Tuple[str, int]:
+    name = getattr(interrupt, "signal_name", "SIGINT (Ctrl-C)")
+    return name, getattr(interrupt, "exit_code", 130)
+
+
 def _execute(run: Run) -> int:
     cfg = run.cfg
     plan = run.prepare()
     for note in plan.notes:
-        log.info("plan", note=note)
+        (log.warning if note.startswith("WARNING") else log.info)("plan", note=note)
     if not plan.ok:
-        for problem in plan.problems:
-            log.error("rejected", problem=str(problem))
         run.write_manifest("rejected", EXIT_REJECTED)
-        print(f"rejected: {len(plan.problems)} problem(s); manifest: {run.run_dir / 'manifest.json'}", file=sys.stderr)
+        for problem in plan.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"rejected: {len(plan.problems)} problem(s); nothing was started; manifest: {run.run_dir / 'manifest.json'}", file=sys.stderr)
         return EXIT_REJECTED
     if cfg.mode is Mode.plan:
         run.write_manifest("planned", EXIT_OK)
@@ -293,19 +358,15 @@ def _execute(run: Run) -> int:
         run.manifest["verification"] = verification
         run.manifest["vllm_reported"] = reported
         if not verification["passed"]:
-            raise RunFailed("verify", f"checks failed: {[k for k, ok in verification['checks'].items() if not ok]}")
+            failed = [k for k, ok in verification["checks"].items() if not ok]
+            raise RunFailed("verify", f"checks failed: {failed}", "verification_failed", "read the completion in the manifest's verification section")
         log.info("verified", text=verification["completion"]["text"], **reported)
     except RunFailed as failure:
-        tail = run.server.log_tail(60) if run.server else ""
-        run.collect_runtime_versions()
-        teardown = run.stop()
-        sections: Dict[str, Any] = {"failure": {"stage": failure.stage, "reason": failure.reason, "log_tail": tail}}
-        if teardown:
-            sections["teardown"] = teardown
-        run.write_manifest("failed", EXIT_FAILED, **sections)
-        log.error("failed", stage=failure.stage, reason=failure.reason)
-        print(f"--- last lines of {run.run_dir / 'vllm.log'} ---\n{tail}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(run, _failure(run, failure.stage, failure.reason, failure.cause, failure.fix), EXIT_FAILED)
+    except KeyboardInterrupt as interrupt:
+        name, code = _interrupt_code(interrupt)
+        stage = "verify" if "ready_s" in run.timings else "start-up"
+        return _fail(run, _failure(run, stage, f"{name} received; vLLM stopped", "interrupted", "run it again"), code)
 
     if cfg.mode is Mode.check:
         teardown = run.stop()
@@ -319,23 +380,53 @@ def _execute(run: Run) -> int:
     print(f"serving {plan.model_name} (TP={plan.tensor_parallel_size}) at {plan.url}/v1  —  Ctrl-C to stop", flush=True)
     try:
         while run.server is not None and run.server.alive():
+            run.server.track_descendants()
             time.sleep(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         teardown = run.stop()
-        run.write_manifest("verified", EXIT_OK, teardown=teardown, stopped_by="signal")
-        log.info("stopped", by="signal")
+        run.write_manifest("verified", EXIT_OK, teardown=teardown, stopped_by=_interrupt_code(interrupt)[0])
+        log.info("stopped", by=_interrupt_code(interrupt)[0])
         return EXIT_OK
     code = run.server.proc.returncode if run.server else None
-    tail = run.server.log_tail(60) if run.server else ""
-    teardown = run.stop()
-    run.write_manifest(
-        "failed",
-        EXIT_FAILED,
-        teardown=teardown,
-        failure={"stage": "serving", "reason": f"vLLM exited with code {code} while serving", "log_tail": tail},
-    )
-    log.error("vllm exited while serving", exit_code=code)
-    return EXIT_FAILED
+    return _fail(run, _failure(run, "serving", f"vLLM exited with code {code} while serving", "vllm_exited", None), EXIT_FAILED)
+
+
+def reject_before_compose(exc: BaseException, argv: List[str]) -> int:
+    """Bad overrides: Hydra could not even compose a config. Still one line and a manifest."""
+    problem = problem_from_compose_error(exc)
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    where = hydra_dir_override(argv, multirun)
+    stamp = time.strftime("%Y-%m-%d/%H-%M-%S") + f"-{int(time.time() * 1e6) % 1_000_000:06d}_rejected"
+    run_dir = Path(where) if where else Path("outputs") / stamp
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mode = next((a.split("=", 1)[1] for a in argv if a.startswith("mode=")), "serve")
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "status": "rejected",
+        "exit_code": EXIT_REJECTED,
+        "mode": mode if mode in {m.value for m in Mode} else "serve",
+        "started_at": now_iso(),
+        "finished_at": now_iso(),
+        "run_dir": str(run_dir),
+        "command": redact_argv(["python", "-m", "runner", *argv]),
+        "problems": [dataclasses.asdict(problem) | {"text": str(problem)}],
+        "notes": ["the overrides could not be composed into a config; nothing was probed or started"],
+        "versions": runner_side_versions(),
+    }
+    write_json_atomic(run_dir / "manifest.json", record)
+    print(f"error: {problem}", file=sys.stderr)
+    print(f"rejected: nothing was started; manifest: {run_dir / 'manifest.json'}", file=sys.stderr)
+    return EXIT_REJECTED
+
+
+def _writable_dir(path: Path) -> bool:
+    """Could the runner create and write path? Asked without creating anything."""
+    path = path.absolute()
+    while not path.exists():
+        if path.parent == path:
+            return False
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
 def _plan_text(plan: Plan) -> str:

@@ -95,6 +95,9 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     served_model_name: Optional[str] = None
+    # The environment variable that holds the API key (never a config value: configs are
+    # shared and logged). vLLM reads VLLM_API_KEY itself; another name is passed on as that.
+    api_key_env: Optional[str] = "VLLM_API_KEY"
     # --flag value pairs passed through verbatim: {enable_prefix_caching: true,
     # compilation_config: {...}}. True renders as a bare flag, False as --no-flag.
     extra_args: Dict[str, Any] = field(default_factory=dict)

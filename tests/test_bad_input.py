@@ -72,7 +72,7 @@ CASES = [
     ("extra_args shadows a modelled key", [*TINY, "+serve.extra_args.tensor_parallel_size=2"], {}, None, "serve.tensor_parallel_size"),
     ("malformed CUDA_VISIBLE_DEVICES", ["hw=nvlink-4gpu", "model=tiny-llama", "mode=plan"], {"CUDA_VISIBLE_DEVICES": "0,,x"}, None, "CUDA_VISIBLE_DEVICES"),
     ("duplicate CUDA device ids", ["hw=nvlink-4gpu", "model=tiny-llama", "mode=plan"], {"CUDA_VISIBLE_DEVICES": "1,1"}, None, "CUDA_VISIBLE_DEVICES"),
-    ("cache dir not writable", [*TINY, "cache_dir=/proc/no-such-dir"], {}, None, "cache_dir"),
+    ("cache dir not creatable", [*TINY, "cache_dir=/dev/null/cache"], {}, None, "cache_dir"),
 ]
 
 

@@ -78,8 +78,9 @@ def test_tp3_on_cpu2_is_rejected_with_a_manifest(tmp_path):
 def test_typo_key_exits_2(tmp_path):
     out = run_runner(tmp_path, "mode=plan", "hw=cpu-2", "serve.tensor_parallel_siz=2")
     assert out.returncode == 2
-    assert "tensor_parallel_siz" in out.stderr
-    assert not (tmp_path / "run" / "manifest.json").exists()
+    assert "error: serve.tensor_parallel_siz=2: no such key in serve. Fix: serve.tensor_parallel_size=2" in out.stderr
+    m = manifest(tmp_path)  # rejected before a config existed: still a manifest, nothing else
+    assert m["status"] == "rejected" and "config" not in m
 
 
 def test_recipe_plan(tmp_path):
@@ -115,24 +116,47 @@ def test_secret_in_environment_never_written(tmp_path, mode_args):
         assert secret not in out.stdout and secret not in out.stderr
 
 
-SECRET_OVERRIDES = ("+serve.extra_args.api_key=sk-topsecret", "+hw.env.HF_TOKEN=hf_envsecret")
+SECRET_OVERRIDES = ("+hw.env.HF_TOKEN=hf_envsecret", "+hw.env.WANDB_API_KEY=wb_keysecret")
 
 
 def test_secret_overrides_redacted_in_plan_and_console(tmp_path):
     out = run_runner(tmp_path, "mode=plan", "hw=cpu-2", "model=tiny-llama", *SECRET_OVERRIDES)
     assert out.returncode == 0, out.stderr
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
-    argv = plan["argv"]
-    assert argv[argv.index("--api-key") + 1] == "***redacted***"
     assert plan["env"]["HF_TOKEN"] == "***redacted***"
-    for secret in ("sk-topsecret", "hf_envsecret"):
+    assert plan["env"]["WANDB_API_KEY"] == "***redacted***"
+    for secret in ("wb_keysecret", "hf_envsecret"):
         assert secret not in json.dumps(plan)
-        assert secret not in out.stdout
-    assert "--api-key" in out.stdout
+        assert secret not in out.stdout and secret not in out.stderr
+    assert "HF_TOKEN=***redacted***" in out.stdout  # the command it prints
+
+
+def test_api_key_in_argv_is_refused_and_not_written(tmp_path):
+    out = run_runner(tmp_path, "mode=plan", "hw=cpu-2", "model=tiny-llama", "+serve.extra_args.api_key=sk-topsecret")
+    assert out.returncode == 2
+    assert "VLLM_API_KEY" in out.stderr and "sk-topsecret" not in out.stderr
+    assert _files_containing(tmp_path / "run", "sk-topsecret") == []
+
+
+def test_api_key_from_environment_reaches_vllm_env_not_argv(tmp_path):
+    out = run_runner(tmp_path, "mode=plan", "hw=cpu-2", "model=tiny-llama", "serve.api_key_env=MY_SERVING_KEY",
+                     env_extra={"MY_SERVING_KEY": "sk-fromenv"})
+    assert out.returncode == 0, out.stderr
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["env"]["VLLM_API_KEY"] == "***redacted***"  # passed on under vLLM's own name
+    assert not any("sk-fromenv" in a or a == "--api-key" for a in plan["argv"])
+    assert _files_containing(tmp_path / "run", "sk-fromenv") == []
+
+
+def test_all_interfaces_without_key_warns(tmp_path):
+    out = run_runner(tmp_path, "mode=plan", "hw=cpu-2", "model=tiny-llama", "serve.host=0.0.0.0")
+    assert out.returncode == 0
+    assert "WARNING: serving on every interface without an API key" in out.stderr + out.stdout
+    assert any("without an API key" in n for n in manifest(tmp_path)["notes"])
 
 
 def test_secret_overrides_not_in_manifest(tmp_path):
     out = run_runner(tmp_path, "mode=plan", "hw=cpu-2", "model=tiny-llama", *SECRET_OVERRIDES)
     assert out.returncode == 0, out.stderr
     text = (tmp_path / "run" / "manifest.json").read_text()
-    assert "sk-topsecret" not in text and "hf_envsecret" not in text
+    assert "wb_keysecret" not in text and "hf_envsecret" not in text

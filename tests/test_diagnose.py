@@ -387,7 +387,8 @@ def test_heads_uses_the_divisors_when_the_plan_gave_no_sizes():
 
 
 def test_world_size_with_pipeline_parallelism_counts_both():
-    d = diagnose(WORLD_SIZE.replace("World size (4)", "World size (8)"), {**H100X4, "gpu_count": 4, "pipeline_parallel_size": 2})
+    text = WORLD_SIZE.replace("World size (4)", "World size (8)").replace("GPUs (2)", "GPUs (4)")
+    d = diagnose(text, {**H100X4, "gpu_count": 4, "pipeline_parallel_size": 2})
     assert d.fix == "serve.tensor_parallel_size=2"  # 2 x PP 2 = 4 GPUs
 
 
@@ -424,7 +425,8 @@ def test_nccl_on_nvlink_does_not_blame_pcie():
 
 
 def test_ray_colour_codes_do_not_hide_a_match():
-    coloured = "\x1b[36m(RayWorkerWrapper pid=4009)\x1b[0m " + FORK.splitlines()[-5 - 1]
+    line = next(line for line in FORK.splitlines() if "re-initialize" in line)
+    coloured = "\x1b[36m(RayWorkerWrapper pid=4009)\x1b[0m " + line.split("] ", 1)[1]
     assert diagnose(coloured).cause == "cuda_fork_reinit"
 
 

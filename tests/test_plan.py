@@ -121,7 +121,7 @@ def test_attention_heads_rule(plan_for, probe_h100x4):
     heads = [p for p in problems_on(plan, "serve.tensor_parallel_size") if "num_attention_heads=64" in p.message]
     assert len(heads) == 1
     assert heads[0].value == 3
-    assert heads[0].fix == "use 1, 2 or 4"  # every size the model allows on 4 GPUs
+    assert heads[0].fix == "serve.tensor_parallel_size=1, 2 or 4"  # every size the model allows on 4 GPUs
 
 
 def test_qwen_tp8_rejected_on_8_gpus(plan_for, probe_cpu2):
@@ -132,7 +132,7 @@ def test_qwen_tp8_rejected_on_8_gpus(plan_for, probe_cpu2):
     [p] = plan.problems
     assert p.key == "serve.tensor_parallel_size" and p.value == 8
     assert "num_attention_heads=28" in p.message
-    assert p.fix == "use 1, 2 or 4"
+    assert p.fix == "serve.tensor_parallel_size=1, 2 or 4"
 
 
 @pytest.mark.parametrize(
@@ -160,7 +160,7 @@ def test_kv_heads_rule_without_heads_rule(plan_for, probe_cpu2):
     assert p.key == "serve.tensor_parallel_size" and p.value == 2
     assert "num_key_value_heads=3" in p.message
     assert "num_attention_heads" not in p.message
-    assert p.fix == "use 1 or 3"  # 4 divides 12 but 4 % 3 != 0
+    assert p.fix == "serve.tensor_parallel_size=1 or 3"  # 4 divides 12 but 4 % 3 != 0
     # TP 3 is the valid answer on the same machine
     ok = plan_for(["hw=nvlink-4gpu", "model.load_format=dummy", "mode=plan", "serve.tensor_parallel_size=3"], probe_cpu2, hf_config=hf)
     assert ok.ok, ok.problems

@@ -324,7 +324,7 @@ def test_materialise_dummy_shape_writes_no_weights(tmp_path):
     assert path.parent == tmp_path / "shapes"
     assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
     assert not (path / "model.safetensors").exists()
-    assert models.read_hf_config(model, str(tmp_path)) == hf
+    assert models.inspect_model(model, str(tmp_path)) == (hf, [])  # read back from the written directory
 
 
 def test_materialise_leaves_real_paths_alone(tmp_path):

@@ -1,0 +1,17 @@
+"""A problem with the user's input: the key, the value, what is wrong, and the fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    value: Any
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}: {self.message}. Fix: {self.fix}"
