@@ -4,6 +4,7 @@ Each vLLM start takes about a minute on two cores; these are the slow tier (mark
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import queue
@@ -127,6 +128,14 @@ def test_default_command_serves_until_ctrl_c(tmp_path, cache_dir):
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body, {"Content-Type": "application/json"})
         reply = json.loads(urllib.request.urlopen(req, timeout=60).read())
         assert reply["usage"]["completion_tokens"] == 4
+        # 64 clients at once: every one answered in full.
+        def ask(i: int) -> int:
+            body = json.dumps({"model": "tiny-llama", "prompt": f"Request {i}:", "max_tokens": 4, "ignore_eos": True}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body, {"Content-Type": "application/json"})
+            return json.loads(urllib.request.urlopen(req, timeout=300).read())["usage"]["completion_tokens"]
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
+            assert list(pool.map(ask, range(64))) == [4] * 64
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0
     finally:
@@ -134,6 +143,6 @@ def test_default_command_serves_until_ctrl_c(tmp_path, cache_dir):
             proc.kill()
     manifest = load_manifest(run_dir)
     assert manifest["status"] == "verified"
-    assert manifest["stopped_by"] == "signal"
+    assert manifest["stopped_by"] == "SIGINT (Ctrl-C)"
     assert manifest["teardown"]["survivors"] == []
     assert processes_mentioning(f"--port {port}") == []

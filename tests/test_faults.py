@@ -116,3 +116,26 @@ def test_startup_timeout(tmp_path, cache_dir):
     assert manifest["failure"]["cause"] == "startup_timeout"
     assert "verify.ready_timeout_s" in manifest["failure"]["fix"]
     assert_nothing_left(port, run_dir, [server_pid])
+
+
+def test_vllm_dying_while_serving(tmp_path, cache_dir):
+    port, run_dir = free_port(), tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "hw=cpu-2", "model=tiny-llama", "mode=serve", f"serve.port={port}",
+         f"cache_dir={cache_dir}", f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    server = psutil.Process(vllm_pid(run_dir))
+    deadline = time.time() + 600
+    while time.time() < deadline and not (run_dir / "manifest.json").exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.5)
+    assert load_manifest(run_dir)["status"] == "verified"
+    family = [server.pid] + [p.pid for p in server.children(recursive=True)]
+    server.kill()  # the API server dies under the runner
+    proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    manifest = load_manifest(run_dir)
+    assert manifest["status"] == "failed"
+    assert manifest["failure"]["stage"] == "serving" and manifest["failure"]["cause"] == "vllm_exited"
+    assert_nothing_left(port, run_dir, family)
