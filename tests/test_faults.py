@@ -84,7 +84,7 @@ def test_worker_killed_during_load(tmp_path, cache_dir):
     manifest = load_manifest(run_dir)
     assert manifest["status"] == "failed"
     assert manifest["failure"]["stage"] == "start-up"
-    assert manifest["failure"]["cause"]
+    assert manifest["failure"]["cause"] == "worker_died"
     assert manifest["failure"]["log_tail"]
     assert_nothing_left(port, run_dir, family)
 
