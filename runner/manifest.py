@@ -42,7 +42,7 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
         raise
 
 
-def _dist_version(name: str) -> Optional[str]:
+def dist_version(name: str) -> Optional[str]:
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -55,10 +55,10 @@ def runner_side_versions() -> Dict[str, Optional[str]]:
     return {
         "python": platform.python_version(),
         "runner": __version__,
-        "hydra-core": _dist_version("hydra-core"),
-        "omegaconf": _dist_version("omegaconf"),
-        "structlog": _dist_version("structlog"),
-        "nvidia-ml-py": _dist_version("nvidia-ml-py"),
+        "hydra-core": dist_version("hydra-core"),
+        "omegaconf": dist_version("omegaconf"),
+        "structlog": dist_version("structlog"),
+        "nvidia-ml-py": dist_version("nvidia-ml-py"),
         "platform": platform.platform(),
         "executable": sys.executable,
     }

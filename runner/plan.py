@@ -156,7 +156,11 @@ def make_plan(
     # ---- which device, and how many of them may be used
     device = hw.device
     if device is Device.auto:
-        device = Device.cuda if (visible or (planning_only and hw.gpu_count)) else Device.cpu
+        # GPUs present but masked out by a mask naming none of them is a mistake to report,
+        # not a reason to fall back to the CPU; an empty mask ("") does mean "no GPUs".
+        masked_off = probe.inherited_cuda_mask is not None and not probe.inherited_cuda_mask.strip()
+        has_gpus = bool(visible) or (bool(probe.gpus) and not masked_off)
+        device = Device.cuda if (has_gpus or (planning_only and hw.gpu_count)) else Device.cpu
     if device is Device.cuda:
         declared = hw.gpu_count
         if planning_only and declared is not None:
@@ -335,6 +339,13 @@ def make_plan(
             problems.append(Problem("CUDA_VISIBLE_DEVICES", probe.inherited_cuda_mask, f"not a list of GPU indices or UUIDs ({bad[0]!r})", "export CUDA_VISIBLE_DEVICES=0,1 (or unset it)"))
         elif len(set(t.strip() for t in tokens)) != len(tokens):
             problems.append(Problem("CUDA_VISIBLE_DEVICES", probe.inherited_cuda_mask, "names a GPU twice", f"export CUDA_VISIBLE_DEVICES={','.join(dict.fromkeys(t.strip() for t in tokens))}"))
+        elif probe.gpus:
+            known = {str(g.index) for g in probe.gpus}
+            missing = [t.strip() for t in tokens if t.strip().isdigit() and t.strip() not in known]
+            missing += [t.strip() for t in tokens if t.strip().startswith(("GPU-", "MIG-")) and not any((g.uuid or "").startswith(t.strip()) for g in probe.gpus)]
+            if missing:
+                have = ",".join(sorted(known, key=int))
+                problems.append(Problem("CUDA_VISIBLE_DEVICES", probe.inherited_cuda_mask, f"names GPU {missing[0]}, which this machine does not have (it has {have})", f"export CUDA_VISIBLE_DEVICES={have} (or unset it)"))
 
     # ---- environment: only what the runner changes; the launch adds it over the inherited one
     world = tp * pp

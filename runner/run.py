@@ -18,9 +18,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import compat, logs, models, process, vllm_log
+from runner import compat, doctor, logs, models, process, vllm_log
 from runner.manifest import (
     RUNTIME_PROBE,
+    dist_version,
     SCHEMA_VERSION,
     now_iso,
     runner_side_versions,
@@ -156,7 +157,21 @@ class Run:
             if not cfg.model.path and not _writable_dir(models.cache_root(cfg.cache_dir)):
                 preflight.append(Problem("cache_dir", cfg.cache_dir, "cannot be created or written (the model is written there)", "cache_dir=~/.cache/vllm-tp-runner"))
         duplicate = {p.key for p in preflight}
-        plan = dataclasses.replace(plan, problems=tuple(preflight) + tuple(p for p in plan.problems if not (p.key == "launch.python" and p.key in duplicate)))
+        problems = tuple(preflight) + tuple(p for p in plan.problems if not (p.key == "launch.python" and p.key in duplicate))
+        # The machine's own checks: not for mode=plan, which may plan a machine elsewhere.
+        self.doctor_rows: List[doctor.Check] = []
+        if launching:
+            architecture = models.ModelShape.from_hf_config(hf_config).architecture if hf_config else None
+            if cfg.mode is Mode.doctor and python_ok:
+                runtime = doctor.query_runtime(python, architecture, {**os.environ, **plan.env})
+            else:  # cheap: package metadata only; importing vLLM takes seconds
+                runtime = {"vllm": version, "vllm_distribution": compat.installed_vllm()[0] if python == sys.executable else None,
+                           "torch": dist_version("torch") if python == sys.executable else None}
+            env_rows = doctor.environment_checks(plan, probe, runtime, doctor.shm_bytes(), doctor.nofile_limits(), architecture)
+            self.doctor_rows = doctor.table_rows(plan, probe, env_rows, problems)
+            problems += tuple(p for p in doctor.as_problems(env_rows) if not (p.key == "doctor.vllm" and "launch.python" in duplicate))
+            self.manifest["doctor"] = doctor.to_records(self.doctor_rows)
+        plan = dataclasses.replace(plan, problems=problems)
         self.manifest.update(
             {
                 "config": redact_tree(OmegaConf.to_container(self.cfg_node, resolve=True)),
@@ -337,12 +352,18 @@ def _execute(run: Run) -> int:
     plan = run.prepare()
     for note in plan.notes:
         (log.warning if note.startswith("WARNING") else log.info)("plan", note=note)
-    if not plan.ok:
+    if not plan.ok and cfg.mode is not Mode.doctor:
         run.write_manifest("rejected", EXIT_REJECTED)
         for problem in plan.problems:
             print(f"error: {problem}", file=sys.stderr)
         print(f"rejected: {len(plan.problems)} problem(s); nothing was started; manifest: {run.run_dir / 'manifest.json'}", file=sys.stderr)
         return EXIT_REJECTED
+    if cfg.mode is Mode.doctor:
+        print(doctor.render(run.doctor_rows))
+        failed = [r for r in run.doctor_rows if r.status == doctor.FAIL]
+        run.write_manifest("rejected" if failed else "planned", EXIT_REJECTED if failed else EXIT_OK)
+        print(f"doctor: {len(failed)} failing check(s); manifest: {run.run_dir / 'manifest.json'}", file=sys.stderr)
+        return EXIT_REJECTED if failed else EXIT_OK
     if cfg.mode is Mode.plan:
         run.write_manifest("planned", EXIT_OK)
         print(_plan_text(plan))

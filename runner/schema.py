@@ -18,6 +18,7 @@ class Mode(str, enum.Enum):
     serve = "serve"  # launch, verify, keep serving until Ctrl-C
     check = "check"  # launch, verify, write the manifest, stop
     plan = "plan"  # resolve and validate only; nothing is launched
+    doctor = "doctor"  # plan + the machine's own checks (vLLM imports, CUDA, /dev/shm, …)
 
 
 class Device(str, enum.Enum):
