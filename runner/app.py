@@ -54,7 +54,8 @@ def _job(cfg: DictConfig) -> None:
 
     # The first job's clock starts with the interpreter; a multirun's later jobs with themselves.
     started = _process_start() if not _exit_codes else time.time()
-    code = execute(cfg, Path(HydraConfig.get().runtime.output_dir), started)
+    sweep = HydraConfig.get().mode is RunMode.MULTIRUN
+    code = execute(cfg, Path(HydraConfig.get().runtime.output_dir), started, sweep=sweep)
     _exit_codes.append(code)
     if HydraConfig.get().mode is RunMode.RUN:
         sys.exit(code)

