@@ -205,6 +205,9 @@ def make_plan(
     if path is None:
         if model.source is ModelSource.local:
             problems.append(Problem("model.path", None, "model=local needs a model directory or hub id", "model.path=/path/to/model"))
+        elif planning_only:
+            # "Will it run?" is answered from the shape; where the weights are matters at launch.
+            notes.append(f"{model.name} has no weights here: a launch needs model.path=DIR (or a hub id), or model.load_format=dummy")
         else:
             problems.append(
                 Problem(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_util import ROOT, free_port, load_manifest, processes_mentioning, run_runner
+from e2e_util import free_port, load_manifest, processes_mentioning, run_runner
 
 pytestmark = pytest.mark.gpu
 

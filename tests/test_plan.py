@@ -190,9 +190,15 @@ def test_tp_within_devices_has_no_device_problem(plan_for, probe_cpu2):
     assert plan.devices == (0, 1)
 
 
+def test_plan_mode_needs_no_weights(plan_for, probe_h100x4):
+    plan = plan_for(["hw=nvlink-4gpu", "model=llama70b", "mode=plan", "serve.tensor_parallel_size=2"], probe_h100x4)
+    assert plan.ok, plan.problems
+    assert any("no weights here" in n and "load_format=dummy" in n for n in plan.notes)
+
+
 def test_several_problems_reported_together(plan_for, probe_h100x4):
     plan = plan_for(
-        ["hw=nvlink-4gpu", "model=llama70b", "mode=plan", "serve.tensor_parallel_size=3", "serve.gpu_memory_utilization=1.5"],
+        ["hw=auto", "model=llama70b", "mode=check", "serve.tensor_parallel_size=3", "serve.gpu_memory_utilization=1.5"],
         probe_h100x4,
     )
     keys = [p.key for p in plan.problems]
