@@ -378,7 +378,7 @@ def make_plan(
 
     # ---- argv
     served_name = serve.served_model_name or model.name
-    argv: List[str] = [python, "-m", compat.API_SERVER_MODULE, "--model", str(path or model.name)]
+    argv: List[str] = [python, "-m", compat.API_SERVER_MODULE, "--model", str(path or "<model.path>")]
     argv += ["--served-model-name", served_name, "--host", serve.host, "--port", str(serve.port)]
     argv += ["--tensor-parallel-size", str(tp)]
     if pp != 1:
