@@ -62,21 +62,35 @@ def port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((probe_host, port)) == 0
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _state_and_group(pid: str) -> Optional[tuple]:
+    """(state letter, process group) from /proc/PID/stat; None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[2])
+
+
+def _alive(info: Optional[tuple]) -> bool:
+    return info is not None and info[0] not in ("Z", "X")  # zombies are already dead
+
+
 def group_members(pgid: int) -> List[int]:
-    """Live (non-zombie) processes whose process group is pgid, read from /proc."""
+    """Live processes whose process group is pgid, read from /proc."""
     members = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        state, group = fields[0], int(fields[2])
-        if group == pgid and state not in ("Z", "X"):
-            members.append(int(entry))
+        if entry.isdigit():
+            info = _state_and_group(entry)
+            if _alive(info) and info[1] == pgid:
+                members.append(int(entry))
     return members
 
 
@@ -128,13 +142,7 @@ class Server:
     def survivors(self) -> List[int]:
         """Group members and known descendants still alive (zombies don't count)."""
         alive = set(group_members(self.pgid))
-        for pid in self.known_pids:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
-                        alive.add(pid)
-            except OSError:
-                continue
+        alive.update(pid for pid in self.known_pids if _alive(_state_and_group(str(pid))))
         return sorted(alive)
 
     def _echo(self) -> None:

@@ -299,7 +299,7 @@ class Run:
     def reference_run(self, plan: Plan, key: str, dtype: str) -> Dict[str, Any]:
         """Start the same model at TP=1 on a free port, score it, stop it, record it."""
         cfg = self.cfg
-        serve = dataclasses.replace(cfg.serve, tensor_parallel_size=1, pipeline_parallel_size=1, port=_free_port())
+        serve = dataclasses.replace(cfg.serve, tensor_parallel_size=1, pipeline_parallel_size=1, port=process.free_port())
         ref_plan = make_plan(dataclasses.replace(cfg, serve=serve), self.probe, self.hf_config, self.versions.get("vllm"), os.environ, python=plan.argv[0])
         server = process.Server(ref_plan.argv, {**os.environ, **ref_plan.env}, self.run_dir / "reference-vllm.log")
         log.info("reference started", pid=server.pid, tensor_parallel_size=1, log=str(self.run_dir / "reference-vllm.log"))
@@ -511,14 +511,6 @@ def reject_before_compose(exc: BaseException, argv: List[str]) -> int:
     print(f"error: {problem}", file=sys.stderr)
     print(f"rejected: nothing was started; manifest: {run_dir / 'manifest.json'}", file=sys.stderr)
     return EXIT_REJECTED
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _writable_dir(path: Path) -> bool:

@@ -24,14 +24,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT))
+from runner.process import free_port  # noqa: E402
 
 
 def wait_listed(port: int, name: str, proc: subprocess.Popen, timeout: float = 1200) -> float:
