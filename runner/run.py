@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -143,39 +143,27 @@ class Run:
 
     # ----------------------------------------------------------------- stages
     def prepare(self) -> Plan:
+        """Probe, plan, preflight; write plan.json. Nothing is started here."""
         cfg = self.cfg
         self.manifest["started_at"] = now_iso()
-        launching = cfg.mode is not Mode.plan
+        launching = cfg.mode is not Mode.plan  # mode=plan may plan for a machine elsewhere
         probe = probe_hardware(with_topology=not launching)
         hf_config, preflight = models.inspect_model(cfg.model, cfg.cache_dir)
+        shape = models.ModelShape.from_hf_config(hf_config) if hf_config else None
         python = cfg.launch.python or sys.executable
-        python_ok = bool(shutil.which(python))
-        if not python_ok:
-            preflight.append(Problem("launch.python", python, "no such interpreter", "launch.python=/path/to/python-with-vllm, or leave it unset"))
         version = None
-        if python_ok:
+        if not shutil.which(python):
+            preflight.append(Problem("launch.python", python, "no such interpreter", "launch.python=/path/to/python-with-vllm, or leave it unset"))
+        else:
             version = _vllm_version_for(python) if launching else compat.installed_vllm()[1]
         plan = make_plan(cfg, probe, hf_config, version, os.environ, python=python)
-        self.probe, self.hf_config = probe, hf_config
+        self.probe, self.hf_config, self.versions["vllm"] = probe, hf_config, version
+        # A missing interpreter is said once, by the preflight, not again as "no vLLM".
+        said = {p.key for p in preflight}
+        problems = tuple(preflight) + tuple(p for p in plan.problems if p.key not in said)
         if launching:
-            if 0 < cfg.serve.port < 65536 and process.port_in_use(cfg.serve.host, cfg.serve.port):
-                preflight.append(Problem("serve.port", cfg.serve.port, "something already listens there", f"serve.port={cfg.serve.port + 1}, or stop the other server"))
-            if not cfg.model.path and not _writable_dir(models.cache_root(cfg.cache_dir)):
-                preflight.append(Problem("cache_dir", cfg.cache_dir, "cannot be created or written (the model is written there)", "cache_dir=~/.cache/vllm-tp-runner"))
-        duplicate = {p.key for p in preflight}
-        problems = tuple(preflight) + tuple(p for p in plan.problems if not (p.key == "launch.python" and p.key in duplicate))
-        # The machine's own checks: not for mode=plan, which may plan a machine elsewhere.
-        if launching:
-            architecture = models.ModelShape.from_hf_config(hf_config).architecture if hf_config else None
-            if cfg.mode is Mode.doctor and python_ok:
-                runtime = doctor.query_runtime(python, architecture, {**os.environ, **plan.env})
-            else:  # cheap: package metadata only; importing vLLM takes seconds
-                runtime = {"vllm": version, "vllm_distribution": compat.installed_vllm()[0] if python == sys.executable else None,
-                           "torch": dist_version("torch") if python == sys.executable else None}
-            env_rows = doctor.environment_checks(plan, probe, runtime, doctor.shm_bytes(), doctor.nofile_limits(), architecture)
-            self.doctor_rows = doctor.table_rows(plan, probe, env_rows, problems)
-            problems += tuple(p for p in doctor.as_problems(env_rows) if not (p.key == "doctor.vllm" and "launch.python" in duplicate))
-            self.manifest["doctor"] = doctor.to_records(self.doctor_rows)
+            problems += tuple(self._machine_problems())
+            problems += tuple(self._doctor(plan, probe, python, version, shape, problems))
         plan = dataclasses.replace(plan, problems=problems)
         self.manifest.update(
             {
@@ -187,14 +175,13 @@ class Run:
                 "model": model_summary(cfg, plan, hf_config),
             }
         )
-        self.versions["vllm"] = version
         self.diagnosis_context = {
             "tensor_parallel_size": plan.tensor_parallel_size,
             "pipeline_parallel_size": plan.pipeline_parallel_size,
             "device": plan.device,
             "interconnect": cfg.hw.interconnect.value,
             "gpu_count": plan.devices_available,
-            "valid_tp_sizes": valid_tp_sizes(models.ModelShape.from_hf_config(hf_config) if hf_config else None, plan.devices_available),
+            "valid_tp_sizes": valid_tp_sizes(shape, plan.devices_available),
             "max_model_len": cfg.serve.max_model_len or cfg.model.max_model_len,
             "gpu_memory_utilization": cfg.serve.gpu_memory_utilization,
             "port": cfg.serve.port,
@@ -203,6 +190,29 @@ class Run:
         # Written before anything runs: what will be launched, and with which environment.
         write_json_atomic(self.run_dir / "plan.json", self.manifest["plan"] | {"problems": self.manifest["problems"]})
         return plan
+
+    def _machine_problems(self) -> List[Problem]:
+        cfg, found = self.cfg, []
+        if 0 < cfg.serve.port < 65536 and process.port_in_use(cfg.serve.host, cfg.serve.port):
+            found.append(Problem("serve.port", cfg.serve.port, "something already listens there", f"serve.port={cfg.serve.port + 1}, or stop the other server"))
+        if not cfg.model.path and not _writable_dir(models.cache_root(cfg.cache_dir)):
+            found.append(Problem("cache_dir", cfg.cache_dir, "cannot be created or written (the model is written there)", "cache_dir=~/.cache/vllm-tp-runner"))
+        return found
+
+    def _doctor(self, plan: Plan, probe: HardwareProbe, python: str, version: Optional[str],
+                shape: Optional[models.ModelShape], problems: Sequence[Problem]) -> List[Problem]:
+        """The machine's own checks (the table of mode=doctor); returns the failing ones."""
+        architecture = shape.architecture if shape else None
+        if self.cfg.mode is Mode.doctor and shutil.which(python):
+            runtime = doctor.query_runtime(python, architecture, {**os.environ, **plan.env})
+        else:  # every launch's preflight: package metadata only; importing vLLM takes seconds
+            own = python == sys.executable
+            runtime = {"vllm": version, "vllm_distribution": compat.installed_vllm()[0] if own else None,
+                       "torch": dist_version("torch") if own else None}
+        rows = doctor.environment_checks(plan, probe, runtime, doctor.shm_bytes(), doctor.nofile_limits(), architecture)
+        self.doctor_rows = doctor.table_rows(plan, probe, rows, problems)
+        self.manifest["doctor"] = doctor.to_records(self.doctor_rows)
+        return doctor.as_problems(rows)
 
     @staticmethod
     def plan_record(plan: Plan) -> Dict[str, Any]:
