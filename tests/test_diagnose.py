@@ -257,8 +257,17 @@ WORKER_DIED = """\
 RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore': 1}
 """
 
+# Captured in CI: a start after a SIGKILLed one read the half-written compile artifact.
+COMPILE_CACHE = """\
+(Worker_TP1 pid=26425) ERROR 11-27 03:50:10 [multiproc_executor.py:1063] WorkerProc hit an exception.
+(Worker_TP1 pid=26425) ERROR 11-27 03:50:10 [multiproc_executor.py:1063] torch._inductor.exc.InductorError: ImportError: /root/.cache/vllm/torch_compile_cache/torch_aot_compile/3eb8e577/inductor_cache/p6/cp6ads7l.main.so: file too short
+(EngineCore pid=26410) ERROR 11-27 03:50:10 [core.py:1510] Exception: WorkerProc initialization failed due to an exception in a background process. See stack trace for root cause.
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+"""
+
 CASES = [
     # (id, log, context, cause, an override the fix must contain)
+    ("compile-cache", COMPILE_CACHE, {}, "compile_cache_corrupt", "rm -rf /root/.cache/vllm/torch_compile_cache"),
     ("worker-died", WORKER_DIED, {}, "worker_died", "dmesg | grep -i oom"),
     ("heads", HEADS, {**H100X4, "tensor_parallel_size": 3}, "heads_not_divisible", "serve.tensor_parallel_size=2 or 4"),
     ("world-size", WORLD_SIZE, {**H100X4, "gpu_count": 2}, "tp_exceeds_gpus", "serve.tensor_parallel_size=2"),

@@ -4,6 +4,7 @@ manifest, exits non-zero, and leaves no process behind."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -23,12 +24,18 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def start(run_dir: Path, port: int, cache_dir: Path, *extra: str) -> subprocess.Popen:
+def own_compile_cache(run_dir: Path) -> dict:
+    """A vLLM killed while it compiles can leave a truncated file in its compile cache, which
+    breaks the next start that reads it; each fault gets a cache of its own."""
+    return {**os.environ, "VLLM_CACHE_ROOT": str(run_dir.parent / "vllm-cache")}
+
+
+def start(run_dir: Path, port: int, cache_dir: Path, *extra: str, mode: str = "check") -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "runner", "hw=cpu-2", "model=tiny-llama", "mode=check",
+        [sys.executable, "-m", "runner", "hw=cpu-2", "model=tiny-llama", f"mode={mode}",
          "serve.tensor_parallel_size=2", f"serve.port={port}", f"cache_dir={cache_dir}",
          f"hydra.run.dir={run_dir}", *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=own_compile_cache(run_dir),
     )
 
 
@@ -120,11 +127,7 @@ def test_startup_timeout(tmp_path, cache_dir):
 
 def test_vllm_dying_while_serving(tmp_path, cache_dir):
     port, run_dir = free_port(), tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "hw=cpu-2", "model=tiny-llama", "mode=serve", f"serve.port={port}",
-         f"cache_dir={cache_dir}", f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = start(run_dir, port, cache_dir, mode="serve")
     server = psutil.Process(vllm_pid(run_dir))
     deadline = time.time() + 600
     while time.time() < deadline and not (run_dir / "manifest.json").exists():
