@@ -38,6 +38,7 @@ class ModelShape:
     tie_word_embeddings: bool
     num_experts: int
     torch_dtype: Optional[str]
+    moe_intermediate_size: Optional[int] = None
     # The longest max_model_len vLLM accepts (vllm/config/model.py, _get_and_verify_max_len):
     # max_position_embeddings, times the RoPE factor for scalings that don't pre-scale it.
     context_length: Optional[int] = None
@@ -60,6 +61,7 @@ class ModelShape:
             num_experts=int(text.get("num_local_experts") or text.get("num_experts") or 1),
             torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
             context_length=_derived_context(text),
+            moe_intermediate_size=text.get("moe_intermediate_size"),
         )
 
     def parameter_count(self) -> int:

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from runner import compat
+from runner import compat, rules
 from runner.models import DTYPE_BYTES, ModelShape, model_dir
 from runner.probe import HardwareProbe
 from runner.problems import Problem
@@ -73,11 +73,14 @@ def kv_heads_split_evenly(tp: int, kv_heads: int) -> bool:
     return tp % kv_heads == 0 if tp >= kv_heads else kv_heads % tp == 0
 
 
-def valid_tp_sizes(shape: Optional[ModelShape], limit: int) -> List[int]:
+def valid_tp_sizes(shape: Optional[ModelShape], limit: int, hf_config: Optional[Mapping[str, Any]] = None) -> List[int]:
+    """Every TP size up to limit that splits heads, KV heads and weights the way vLLM needs."""
     sizes = []
     for tp in range(1, max(limit, 1) + 1):
         if shape is None or (
-            shape.num_attention_heads % tp == 0 and kv_heads_split_evenly(tp, shape.num_key_value_heads)
+            shape.num_attention_heads % tp == 0
+            and kv_heads_split_evenly(tp, shape.num_key_value_heads)
+            and not rules.shard_violations(shape, tp, hf_config)
         ):
             sizes.append(tp)
     return sizes
@@ -227,13 +230,13 @@ def make_plan(
         problems.append(Problem("serve.pipeline_parallel_size", pp, "must be at least 1", "serve.pipeline_parallel_size=1"))
         pp = 1
     if tp is None:
-        choices = valid_tp_sizes(shape, max(available // pp, 1))
+        choices = valid_tp_sizes(shape, max(available // pp, 1), hf_config)
         tp = choices[-1]
         notes.append(f"tensor_parallel_size not set: {tp}, the largest the model allows on {available} device(s)")
     elif tp < 1:
         problems.append(Problem("serve.tensor_parallel_size", tp, "must be at least 1", "serve.tensor_parallel_size=1"))
         tp = 1
-    fits_devices = valid_tp_sizes(shape, max(available // pp, 1))
+    fits_devices = valid_tp_sizes(shape, max(available // pp, 1), hf_config)
     if tp * pp > available:
         unit = "GPUs" if device is Device.cuda else "CPU cores"
         problems.append(
@@ -264,6 +267,8 @@ def make_plan(
                     f"serve.tensor_parallel_size={_or_list(fits_devices)}",
                 )
             )
+        elif violations := rules.shard_violations(shape, tp, hf_config):
+            problems.append(Problem("serve.tensor_parallel_size", tp, violations[0], f"serve.tensor_parallel_size={_or_list(fits_devices)}"))
         # vllm/distributed/utils.py, get_pp_indices: every stage needs at least one layer.
         if pp > shape.num_hidden_layers:
             problems.append(
@@ -301,6 +306,16 @@ def make_plan(
                         f"serve.tensor_parallel_size={_or_list(big_enough)}" if big_enough else "more or larger GPUs, or a quantized model",
                     )
                 )
+
+    # ---- the GPUs themselves (this machine's, so not when planning for a declared one)
+    if device is Device.cuda and not planning_only and visible:
+        chosen_gpus = [g for g in visible if g.index in devices_pool[: tp * pp]]
+        for found in (
+            rules.bf16_problem(serve.dtype, shape.torch_dtype if shape else None, chosen_gpus),
+            rules.free_memory_problem(util if util and 0 < util <= 1 else None, chosen_gpus, DEFAULT_GPU_MEMORY_UTILIZATION),
+        ):
+            if found:
+                problems.append(found)
 
     # ---- everything else that must be positive, in range, or one of a set
     if not 0 < serve.port < 65536:

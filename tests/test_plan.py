@@ -149,7 +149,7 @@ def test_kv_heads_rule_without_heads_rule(plan_for, probe_cpu2):
     hf = {
         "architectures": ["LlamaForCausalLM"],
         "hidden_size": 768,
-        "intermediate_size": 2048,
+        "intermediate_size": 3072,  # divisible by 1-4: only the KV rule bites
         "num_hidden_layers": 4,
         "num_attention_heads": 12,
         "num_key_value_heads": 3,
