@@ -65,6 +65,9 @@ def main() -> None:
     logs.configure()
     register_configs()
     signal.signal(signal.SIGTERM, _sigterm)
+    # Started in the background by a shell, Python inherits SIGINT ignored; kill -INT must
+    # still stop vLLM the way Ctrl-C does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # Let Hydra's composition errors reach us as exceptions: they are bad input (exit 2, one
     # line, a rejected manifest), not crashes.
     os.environ["HYDRA_FULL_ERROR"] = "1"
