@@ -154,11 +154,12 @@ class Server:
                 else:
                     time.sleep(0.2)
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_tail(self, lines: int = 40, window: int = 64 * 1024) -> str:
+        """The last lines of vllm.log, read from its last ``window`` bytes."""
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(0, os.SEEK_END)
-                f.seek(max(f.tell() - 64 * 1024, 0))
+                f.seek(max(f.tell() - window, 0))
                 text = f.read().decode(errors="replace")
         except OSError:
             return ""

@@ -386,7 +386,9 @@ def execute(cfg_node: DictConfig, run_dir: Path, process_start: float, sweep: bo
 def _failure(run: Run, stage: str, reason: str, cause: Optional[str], fix: Optional[str]) -> Dict[str, Any]:
     """The manifest's failure section; vLLM's own log is asked for the root cause first."""
     tail = run.server.log_tail(60) if run.server else ""
-    found = diagnose(run.server.log_tail(4000) if run.server else "", run.diagnosis_context)
+    # The whole log (up to 8 MiB): the root cause often sits above pages of rank tracebacks.
+    whole = run.server.log_tail(10**6, window=8 * 2**20) if run.server else ""
+    found = diagnose(whole, run.diagnosis_context)
     if found and found.cause not in NOTE_CAUSES and cause != "interrupted":
         cause, fix, summary, evidence = found.cause, found.fix, found.summary, found.evidence
     else:
@@ -449,7 +451,7 @@ def _execute(run: Run) -> int:
         log.info("vllm ready", url=plan.url, ready_s=run.timings["ready_s"])
         verification = run.verify(plan)
         run.collect_runtime_versions()
-        reported = vllm_log.reported_figures(run.server.log_tail(2000) if run.server else "")
+        reported = vllm_log.reported_figures(run.server.log_tail(10**6, window=8 * 2**20) if run.server else "")
         run.manifest["verification"] = verification
         run.manifest["vllm_reported"] = reported
         if not verification["passed"]:
