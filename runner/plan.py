@@ -73,17 +73,19 @@ def kv_heads_split_evenly(tp: int, kv_heads: int) -> bool:
     return tp % kv_heads == 0 if tp >= kv_heads else kv_heads % tp == 0
 
 
+def tp_violation(shape: ModelShape, tp: int, hf_config: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+    """Why vLLM cannot split this model over tp ranks; None when it can."""
+    # vllm/config/model.py, ModelConfig.verify_with_parallel_config.
+    if shape.num_attention_heads % tp:
+        return f"num_attention_heads={shape.num_attention_heads} is not divisible by it"
+    if not kv_heads_split_evenly(tp, shape.num_key_value_heads):
+        return f"num_key_value_heads={shape.num_key_value_heads} can be neither split nor replicated evenly"
+    return next(iter(rules.shard_violations(shape, tp, hf_config)), None)
+
+
 def valid_tp_sizes(shape: Optional[ModelShape], limit: int, hf_config: Optional[Mapping[str, Any]] = None) -> List[int]:
     """Every TP size up to limit that splits heads, KV heads and weights the way vLLM needs."""
-    sizes = []
-    for tp in range(1, max(limit, 1) + 1):
-        if shape is None or (
-            shape.num_attention_heads % tp == 0
-            and kv_heads_split_evenly(tp, shape.num_key_value_heads)
-            and not rules.shard_violations(shape, tp, hf_config)
-        ):
-            sizes.append(tp)
-    return sizes
+    return [tp for tp in range(1, max(limit, 1) + 1) if shape is None or tp_violation(shape, tp, hf_config) is None]
 
 
 def _or_list(values: Sequence[int]) -> str:
@@ -135,6 +137,17 @@ def _cpu_bind(cores: Sequence[int], ranks: int) -> str:
     if per_rank == 0:
         return "auto"  # fewer cores than ranks: already a problem; never reached at launch
     return "|".join(_core_list(cores[r * per_rank : (r + 1) * per_rank]) for r in range(ranks))
+
+
+def _fit_table(shape: ModelShape, hf_config: Optional[Mapping[str, Any]], weights: int, pp: int, budget_gib: float, limit: int) -> List[Dict[str, Any]]:
+    """Every TP size up to the devices: does vLLM accept the split, and do the weights fit?"""
+    rows = []
+    for t in range(1, min(limit, 16) + 1):
+        why = tp_violation(shape, t, hf_config)
+        per_gpu = weights / (t * pp) / GIB
+        rows.append({"tensor_parallel_size": t, "valid": why is None, "why_not": why,
+                     "weights_gib_per_gpu": round(per_gpu, 2), "weights_fit": per_gpu < budget_gib})
+    return rows
 
 
 def _weights_bytes(shape: ModelShape, dtype: str) -> int:
@@ -248,27 +261,9 @@ def make_plan(
             )
         )
     if shape is not None:
-        # vllm/config/model.py, ModelConfig.verify_with_parallel_config.
-        if shape.num_attention_heads % tp:
-            problems.append(
-                Problem(
-                    "serve.tensor_parallel_size",
-                    tp,
-                    f"num_attention_heads={shape.num_attention_heads} is not divisible by it",
-                    f"serve.tensor_parallel_size={_or_list(fits_devices)}",
-                )
-            )
-        elif not kv_heads_split_evenly(tp, shape.num_key_value_heads):
-            problems.append(
-                Problem(
-                    "serve.tensor_parallel_size",
-                    tp,
-                    f"num_key_value_heads={shape.num_key_value_heads} can be neither split nor replicated evenly",
-                    f"serve.tensor_parallel_size={_or_list(fits_devices)}",
-                )
-            )
-        elif violations := rules.shard_violations(shape, tp, hf_config):
-            problems.append(Problem("serve.tensor_parallel_size", tp, violations[0], f"serve.tensor_parallel_size={_or_list(fits_devices)}"))
+        why = tp_violation(shape, tp, hf_config)
+        if why:
+            problems.append(Problem("serve.tensor_parallel_size", tp, why, f"serve.tensor_parallel_size={_or_list(fits_devices)}"))
         # vllm/distributed/utils.py, get_pp_indices: every stage needs at least one layer.
         if pp > shape.num_hidden_layers:
             problems.append(
@@ -295,6 +290,7 @@ def make_plan(
             per_gpu = weights / (tp * pp) / GIB
             budget = gpu_gib * (util if util and 0 < util <= 1 else DEFAULT_GPU_MEMORY_UTILIZATION)
             estimate.update(weights_gib_per_gpu=round(per_gpu, 2), budget_gib_per_gpu=round(budget, 2))
+            estimate["fit_table"] = _fit_table(shape, hf_config, weights, pp, budget, max(available // pp, 1))
             if per_gpu >= budget:
                 big_enough = [t for t in fits_devices if weights / (t * pp) / GIB < budget]
                 problems.append(

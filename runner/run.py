@@ -542,7 +542,11 @@ def _plan_text(plan: Plan) -> str:
         f"(TP={plan.tensor_parallel_size}, PP={plan.pipeline_parallel_size}, {plan.devices_available} available)",
     ]
     if plan.estimate:
-        lines.append("estimate: " + ", ".join(f"{k}={v}" for k, v in plan.estimate.items()))
+        lines.append("estimate: " + ", ".join(f"{k}={v}" for k, v in plan.estimate.items() if k != "fit_table"))
+    for row in plan.estimate.get("fit_table", []):
+        verdict = ("fits" if row["weights_fit"] else "weights do not fit") if row["valid"] else f"invalid: {row['why_not']}"
+        mark = "*" if row["tensor_parallel_size"] == plan.tensor_parallel_size else " "
+        lines.append(f"  {mark} TP={row['tensor_parallel_size']:<2} weights/GPU {row['weights_gib_per_gpu']:>7.2f} GiB  {verdict}")
     lines += [f"note: {n}" for n in plan.notes]
     lines.append(f"command: {env} {' '.join(_shell_quote(a) for a in redact_argv(plan.argv))}")
     return "\n".join(lines)

@@ -83,3 +83,14 @@ def test_plan_applies_the_device_rules_only_to_this_machine(compose, probe_h100x
     assert [p.key for p in plan.problems] == ["serve.gpu_memory_utilization"]
     planning = OmegaConf.to_object(compose(["cache_dir=/c", "hw=nvlink-4gpu", "model=llama3-8b", "mode=plan", "serve.tensor_parallel_size=2"]))
     assert make_plan(planning, busy, dict(planning.model.hf_config), "0.26.0", {}, python="python").ok
+
+
+def test_fit_table_for_every_tp_size(compose, probe_cpu2):
+    cfg = OmegaConf.to_object(compose(["cache_dir=/c", "hw=nvlink-4gpu", "model=llama70b", "mode=plan", "serve.tensor_parallel_size=2"]))
+    plan = make_plan(cfg, probe_cpu2, dict(cfg.model.hf_config), "0.26.0", {}, python="python")
+    rows = {r["tensor_parallel_size"]: r for r in plan.estimate["fit_table"]}
+    assert sorted(rows) == [1, 2, 3, 4]
+    assert rows[1]["valid"] and not rows[1]["weights_fit"] and rows[1]["weights_gib_per_gpu"] == 131.42
+    assert rows[2]["valid"] and rows[2]["weights_fit"]
+    assert not rows[3]["valid"] and "num_attention_heads=64" in rows[3]["why_not"]
+    assert rows[4]["valid"] and rows[4]["weights_fit"] and rows[4]["weights_gib_per_gpu"] == 32.85
