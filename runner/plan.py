@@ -16,13 +16,12 @@ from runner import compat, rules
 from runner.models import DTYPE_BYTES, ModelShape, model_dir
 from runner.probe import HardwareProbe
 from runner.problems import Problem
-from runner.redact import MASK
+from runner.redact import MASK, SECRET_OPTIONS
 from runner.schema import Device, Interconnect, Mode, ModelSource, RunnerConfig
 
 GIB = 2**30
 # vllm/config/model.py, ModelDType
 VLLM_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
-SECRET_FLAGS = {"api_key", "hf_token"}
 # Flags the runner renders from its own keys; extra_args must not say them a second time.
 MANAGED_FLAGS = {
     "model": "model.path", "served_model_name": "serve.served_model_name", "host": "serve.host",
@@ -339,7 +338,7 @@ def make_plan(
         problems.append(Problem("hw.cpu_cores", hw.cpu_cores, "must be at least 1", "hw.cpu_cores=2, or hw=auto"))
     for key in serve.extra_args:
         flag = key.replace("-", "_")
-        if flag in SECRET_FLAGS:
+        if flag in SECRET_OPTIONS:
             problems.append(
                 Problem(f"serve.extra_args.{key}", MASK, "an API key on the command line is visible to every user (ps) and in logs", "export VLLM_API_KEY=… (serve.api_key_env names the variable)")
             )

@@ -9,7 +9,10 @@ from typing import Any, Dict, Iterable, List, Mapping
 
 MASK = "***redacted***"
 _SECRET_NAME = re.compile(r"(_TOKEN|_KEY|_SECRET|PASSWORD|^HF_TOKEN$|CREDENTIALS)", re.IGNORECASE)
-_SECRET_FLAGS = {"--api-key", "--hf-token", "--ssl-keyfile-password"}
+# vLLM options that carry a secret: the planner refuses these in extra_args, and any of them
+# (or the SSL key password) found in an argv is masked.
+SECRET_OPTIONS = ("api_key", "hf_token")
+_SECRET_FLAGS = {"--" + name.replace("_", "-") for name in (*SECRET_OPTIONS, "ssl_keyfile_password")}
 
 
 def is_secret_name(name: str) -> bool:
