@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Mapping, Optional, Pattern, Sequence, Tuple
 
 EVIDENCE_CHARS = 300
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's own default (vllm/config/cache.py, 0.26 on)
 DEFAULT_PORT = 8000  # vLLM's own default; "non-default args" omits it
 # Not fatal: reported only when nothing else explains the failure.
 NOTE_CAUSES = frozenset({"custom_allreduce_disabled"})

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from runner import compat, rules
+from runner import compat, memory, rules, topology
 from runner.models import DTYPE_BYTES, ModelShape, model_dir
 from runner.probe import HardwareProbe
 from runner.problems import Problem
@@ -30,7 +30,7 @@ MANAGED_FLAGS = {
     "dtype": "serve.dtype", "max_model_len": "serve.max_model_len", "revision": "model.revision",
     "gpu_memory_utilization": "serve.gpu_memory_utilization", "trust_remote_code": "serve.trust_remote_code",
 }
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default
+DEFAULT_GPU_MEMORY_UTILIZATION = memory.DEFAULT_GPU_MEMORY_UTILIZATION
 # Variables that say NVLink multicast is switched off on this machine.
 MULTICAST_OFF_SIGNS = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
 
@@ -51,6 +51,7 @@ class Plan:
     problems: Tuple[Problem, ...] = ()
     notes: Tuple[str, ...] = ()
     estimate: Dict[str, Any] = field(default_factory=dict)
+    placement: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -130,28 +131,135 @@ def _core_list(cores: Sequence[int]) -> str:
     return ",".join(str(c) for c in cores)
 
 
-def _cpu_bind(cores: Sequence[int], ranks: int) -> str:
-    """VLLM_CPU_OMP_THREADS_BIND: the cores split into one block per rank, '0-3|4-7'."""
+def _cpu_bind(cores: Sequence[int], ranks: int, numa_nodes: Sequence[Sequence[int]] = ()) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND: the cores split into one block per rank, '0-3|4-7'.
+
+    Cores are taken NUMA node by node, so with as many nodes as ranks (or a multiple) no
+    rank's threads straddle two nodes' memory."""
+    node_of = {c: n for n, node in enumerate(numa_nodes) for c in node}
+    cores = sorted(cores, key=lambda c: (node_of.get(c, 0), c))
     per_rank = len(cores) // ranks
     if per_rank == 0:
         return "auto"  # fewer cores than ranks: already a problem; never reached at launch
     return "|".join(_core_list(cores[r * per_rank : (r + 1) * per_rank]) for r in range(ranks))
 
 
-def _fit_table(shape: ModelShape, hf_config: Optional[Mapping[str, Any]], weights: int, pp: int, budget_gib: float, limit: int) -> List[Dict[str, Any]]:
-    """Every TP size up to the devices: does vLLM accept the split, and do the weights fit?"""
+def _fit_table(shape: ModelShape, hf_config: Optional[Mapping[str, Any]], predict, limit: int) -> List[Dict[str, Any]]:
+    """Every TP size up to the devices: does vLLM accept the split, and what does each GPU hold?"""
     rows = []
     for t in range(1, min(limit, 16) + 1):
         why = tp_violation(shape, t, hf_config)
-        per_gpu = weights / (t * pp) / GIB
-        rows.append({"tensor_parallel_size": t, "valid": why is None, "why_not": why,
-                     "weights_gib_per_gpu": round(per_gpu, 2), "weights_fit": per_gpu < budget_gib})
+        fit = predict(t)
+        rows.append({"tensor_parallel_size": t, "valid": why is None, "why_not": why or fit.why_not,
+                     "weights_gib_per_gpu": fit.weights_gib_per_gpu, "kv_cache_gib": fit.kv_cache_gib,
+                     "kv_cache_tokens": fit.kv_cache_tokens, "max_concurrency": fit.max_concurrency,
+                     "fits": why is None and fit.fits})
     return rows
+
+
+def max_model_len_for(cfg: RunnerConfig) -> Optional[int]:
+    return cfg.serve.max_model_len if cfg.serve.max_model_len not in (None, -1) else cfg.model.max_model_len
+
+
+def _gpu_memory(hw, visible, planning_only: bool) -> Tuple[Optional[int], Optional[str], str]:
+    """NVML's total bytes per GPU (the smallest card), its name, and where that came from."""
+    if visible and not (planning_only and hw.gpu_memory_gib is not None and hw.gpu_count and hw.gpu_count > len(visible)):
+        smallest = min(visible, key=lambda g: g.memory_total_bytes)
+        return smallest.memory_total_bytes, smallest.name, "probe"
+    if hw.gpu_memory_gib:
+        return int(hw.gpu_memory_gib * GIB), hw.gpu_name, f"hw.gpu_memory_gib ({hw.name})"
+    return None, None, "unknown"
+
+
+def _predictor(shape: ModelShape, weights: int, gpu_bytes: int, gpu_name: Optional[str], pp: int, serve, util: Optional[float], max_model_len: Optional[int]):
+    def predict(tp: int, **change: Any) -> memory.MemoryFit:
+        args: Dict[str, Any] = dict(
+            pp=pp, gpu_memory_utilization=util, max_model_len=max_model_len,
+            max_num_batched_tokens=serve.max_num_batched_tokens, max_num_seqs=serve.max_num_seqs,
+            kv_cache_dtype=serve.kv_cache_dtype, dtype_bytes=DTYPE_BYTES.get(str(shape.torch_dtype or "bfloat16"), 2)
+            if serve.dtype == "auto" else DTYPE_BYTES.get(serve.dtype, 2), gpu_name=gpu_name,
+        )
+        args.update(change)
+        return memory.predict(shape, tp, weights, gpu_bytes, **args)
+
+    return predict
+
+
+def _memory_problem(fit: memory.MemoryFit, shape: ModelShape, hf_config, predict, valid_tps: Sequence[int], serve, util: Optional[float], pp: int) -> Problem:
+    """What does not fit, and every override that would make it fit (smallest change first)."""
+    fixes: List[str] = []
+    bigger = [t for t in valid_tps if t > fit.tensor_parallel_size and predict(t).fits]
+    if bigger:
+        fixes.append(f"serve.tensor_parallel_size={bigger[0]}")
+    weights_fit = fit.weights_gib_per_gpu < fit.requested_gib
+    if weights_fit and fit.kv_cache_tokens >= memory.BLOCK_SIZE and fit.kv_cache_tokens < fit.max_model_len:
+        fixes.append(f"serve.max_model_len={fit.kv_cache_tokens}")
+    if weights_fit and serve.kv_cache_dtype in (None, "auto") and predict(fit.tensor_parallel_size, kv_cache_dtype="fp8").fits:
+        fixes.append("serve.kv_cache_dtype=fp8")
+    current = util or memory.DEFAULT_GPU_MEMORY_UTILIZATION
+    if weights_fit and current < 0.95 and predict(fit.tensor_parallel_size, gpu_memory_utilization=0.95).fits:
+        fixes.append("serve.gpu_memory_utilization=0.95")
+    if not weights_fit:
+        key, value = "serve.tensor_parallel_size", fit.tensor_parallel_size
+        what = f"{fit.why_not} ({fit.gpu_total_gib:.1f} GiB x {fit.gpu_memory_utilization:g})"
+    elif fit.kv_cache_gib <= 0:
+        key, value, what = "serve.tensor_parallel_size", fit.tensor_parallel_size, fit.why_not
+    else:
+        key, value = "serve.max_model_len", fit.max_model_len
+        what = f"{fit.why_not} (predicted KV cache {fit.kv_cache_gib:.2f} GiB per GPU)"
+    return Problem(key, value, what, ", or ".join(fixes) if fixes else "more or larger GPUs, or a quantized model")
 
 
 def _weights_bytes(shape: ModelShape, dtype: str) -> int:
     key = dtype if dtype != "auto" else (shape.torch_dtype or "bfloat16")
     return shape.parameter_count() * DTYPE_BYTES.get(str(key), 2)
+
+
+def _place(probe: HardwareProbe, visible, pool: Tuple[int, ...], world: int, util: Optional[float], planning_only: bool):
+    """(devices, record, problem): the GPUs for one TP x PP group, and why those."""
+    first = tuple(pool[:world])
+    if planning_only and len(visible) < world:
+        return first, {"devices": list(first), "reason": f"planned for the profile's declared GPUs (this machine shows {len(visible)}); the first {world} in PCI order"}, None
+    matrix = None
+    if probe.links and probe.gpus:
+        matrix = topology.matrix_from_pairs(max(g.index for g in probe.gpus) + 1, probe.links, [g.numa_node for g in sorted(probe.gpus, key=lambda g: g.index)])
+    elif probe.topology_matrix:
+        try:
+            matrix = topology.parse_topo_matrix(probe.topology_matrix)
+        except ValueError:
+            matrix = None
+    candidates = [g.index for g in visible]
+    if matrix is None or not candidates or any(c >= matrix.gpu_count for c in candidates):
+        return first, {"devices": list(first), "reason": f"the first {world} GPU(s) in PCI order (no topology known)"}, None
+    # vLLM refuses to start when a GPU's free memory is under utilization x total.
+    need = max(int(memory.cuda_total_bytes(g.memory_total_bytes) * (util or DEFAULT_GPU_MEMORY_UTILIZATION)) for g in visible)
+    free = {g.index: g.memory_free_bytes for g in visible if g.memory_free_bytes is not None}
+    try:
+        chosen = topology.choose_gpus(matrix, world, candidates=candidates, free_bytes=free, min_free_bytes=0 if planning_only else need, p2p=probe.p2p)
+    except topology.PlacementError as exc:
+        if len(candidates) >= world:
+            # Enough GPUs, too little free on them: place by topology alone and let the
+            # free-memory rule say by how much to lower gpu_memory_utilization.
+            chosen = topology.choose_gpus(matrix, world, candidates=candidates, free_bytes=free, p2p=probe.p2p)
+            return tuple(chosen.devices), _placement_record(chosen, matrix) | {"reason": f"{chosen.reason}; {exc}"}, None
+        usable = len(candidates) - sum(1 for c in candidates if c in free and free[c] < need)
+        fix = "free those GPUs (nvidia-smi shows who uses them), or serve.gpu_memory_utilization=<lower>"
+        if 0 < usable < world:
+            fix += f", or serve.tensor_parallel_size={usable}"
+        return first, {"devices": list(first), "reason": str(exc)}, Problem("CUDA_VISIBLE_DEVICES" if probe.inherited_cuda_mask else "serve.tensor_parallel_size", world, str(exc), fix)
+    return tuple(chosen.devices), _placement_record(chosen, matrix), None
+
+
+def _placement_record(chosen: "topology.Placement", matrix: "topology.TopoMatrix") -> Dict[str, Any]:
+    return {
+        "devices": list(chosen.devices),
+        "reason": chosen.reason,
+        "interconnect": chosen.interconnect,
+        "worst_link": chosen.worst_link,
+        "same_numa": chosen.same_numa,
+        "skipped": {str(k): v for k, v in chosen.skipped.items()},
+        "links": {f"{i}-{j}": matrix.link(i, j) for n, i in enumerate(chosen.devices) for j in chosen.devices[n + 1:]},
+    }
 
 
 def make_plan(
@@ -274,43 +382,56 @@ def make_plan(
                 )
             )
 
-    # ---- memory: weights per GPU against what vLLM may use (the full model is issue-3's planner)
+    # ---- memory: vLLM's own arithmetic, predicted (runner/memory.py)
     estimate: Dict[str, Any] = {}
     util = serve.gpu_memory_utilization
     if util is not None and not 0 < util <= 1:
         problems.append(Problem("serve.gpu_memory_utilization", util, "must be in (0, 1]", "serve.gpu_memory_utilization=0.9"))
+    util_ok = util if util and 0 < util <= 1 else None
+    gpu_bytes, gpu_name, memory_source = _gpu_memory(hw, visible, planning_only)
     if shape is not None:
         weights = _weights_bytes(shape, serve.dtype)
         estimate = {"parameters": shape.parameter_count(), "weights_gib": round(weights / GIB, 2)}
-        gpu_gib = hw.gpu_memory_gib
-        if gpu_gib is None and visible:
-            gpu_gib = min(g.memory_total_bytes for g in visible) / GIB
-        if device is Device.cuda and gpu_gib and serve.quantization is None:
-            per_gpu = weights / (tp * pp) / GIB
-            budget = gpu_gib * (util if util and 0 < util <= 1 else DEFAULT_GPU_MEMORY_UTILIZATION)
-            estimate.update(weights_gib_per_gpu=round(per_gpu, 2), budget_gib_per_gpu=round(budget, 2))
-            estimate["fit_table"] = _fit_table(shape, hf_config, weights, pp, budget, max(available // pp, 1))
-            if per_gpu >= budget:
-                big_enough = [t for t in fits_devices if weights / (t * pp) / GIB < budget]
-                problems.append(
-                    Problem(
-                        "serve.tensor_parallel_size",
-                        tp,
-                        f"weights need {per_gpu:.1f} GiB per GPU, more than the {budget:.1f} GiB vLLM may use "
-                        f"({gpu_gib:.0f} GiB x {budget / gpu_gib:.2f})",
-                        f"serve.tensor_parallel_size={_or_list(big_enough)}" if big_enough else "more or larger GPUs, or a quantized model",
-                    )
-                )
+        if device is Device.cuda and gpu_bytes and serve.quantization is None:
+            limit = max(available // pp, 1)
+            predict = _predictor(shape, weights, gpu_bytes, gpu_name, pp, serve, util_ok, max_model_len_for(cfg))
+            fit = predict(tp)
+            estimate.update(fit=fit.to_dict(), memory_source=memory_source)
+            estimate["fit_table"] = _fit_table(shape, hf_config, predict, limit)
+            if serve.max_model_len == -1 and fit.kv_cache_gib > 0 and fit.weights_gib_per_gpu < fit.requested_gib:
+                notes.append(f"max_model_len -1: vLLM fits it to memory; predicted {min(fit.kv_cache_tokens, shape.context_length or fit.kv_cache_tokens):,} tokens")
+            elif not fit.fits:
+                problems.append(_memory_problem(fit, shape, hf_config, predict, fits_devices, serve, util_ok, pp))
 
-    # ---- the GPUs themselves (this machine's, so not when planning for a declared one)
-    if device is Device.cuda and not planning_only and visible:
-        chosen_gpus = [g for g in visible if g.index in devices_pool[: tp * pp]]
-        for found in (
-            rules.bf16_problem(serve.dtype, shape.torch_dtype if shape else None, chosen_gpus),
-            rules.free_memory_problem(util if util and 0 < util <= 1 else None, chosen_gpus, DEFAULT_GPU_MEMORY_UTILIZATION),
-        ):
-            if found:
-                problems.append(found)
+    # ---- which GPUs: placed by topology and free memory (runner/topology.py)
+    world = tp * pp
+    placement: Dict[str, Any] = {}
+    interconnect = hw.interconnect
+    if device is Device.cuda:
+        chosen, placement, placement_problem = _place(probe, visible, devices_pool, world, util_ok, planning_only)
+        if planning_only and len(visible) < available:
+            notes.append(f"planned for {hw.name}'s declared {available} GPU(s)" + (f" of {hw.gpu_memory_gib:g} GiB" if hw.gpu_memory_gib else "")
+                         + f": {'no GPU is' if not visible else f'only {len(visible)} GPU(s) are'} visible here")
+        if placement_problem:
+            problems.append(placement_problem)
+        actual = placement.get("interconnect")
+        if actual in ("nvlink", "pcie"):
+            if hw.interconnect is Interconnect.nvlink and actual == "pcie":
+                problems.append(
+                    Problem("hw", hw.name, f"the profile says NVLink, but GPUs {_or_list(chosen)} are linked by {placement.get('worst_link')} (PCIe)",
+                            f"hw=auto, or hw=pcie-{len(visible)}gpu")
+                )
+            interconnect = Interconnect(actual)
+        if not planning_only and visible and not placement_problem:
+            chosen_gpus = [g for g in visible if g.index in chosen]
+            for found in (
+                rules.bf16_problem(serve.dtype, shape.torch_dtype if shape else None, chosen_gpus),
+                rules.free_memory_problem(util_ok, chosen_gpus, DEFAULT_GPU_MEMORY_UTILIZATION),
+            ):
+                if found:
+                    problems.append(found)
+    else:
+        chosen = devices_pool  # every core the profile allows, shared out among the ranks
 
     # ---- everything else that must be positive, in range, or one of a set
     if not 0 < serve.port < 65536:
@@ -361,15 +482,17 @@ def make_plan(
                 problems.append(Problem("CUDA_VISIBLE_DEVICES", probe.inherited_cuda_mask, f"names GPU {missing[0]}, which this machine does not have (it has {have})", f"export CUDA_VISIBLE_DEVICES={have} (or unset it)"))
 
     # ---- environment: only what the runner changes; the launch adds it over the inherited one
-    world = tp * pp
     env: Dict[str, str] = {}
     if device is Device.cuda:
-        chosen = devices_pool[:world]
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in chosen)
+        failed = topology.p2p_failed_pairs(probe.p2p, chosen)
+        if failed and "NCCL_P2P_DISABLE" not in inherited_env:
+            env["NCCL_P2P_DISABLE"] = "1"
+            i, j = failed[0]
+            notes.append(f"NCCL_P2P_DISABLE=1: the driver reports P2P {probe.p2p.get((i, j))} between GPUs {i} and {j}; NCCL would hang on that path")
     else:
-        chosen = devices_pool  # every core the profile allows, shared out among the ranks
-        env["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_bind(chosen, world)
+        env["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_bind(chosen, world, probe.cpu_numa_nodes)
         env["VLLM_CPU_KVCACHE_SPACE"] = str(hw.cpu_kvcache_space_gib)
     for key, default in (("VLLM_NO_USAGE_STATS", "1"), ("DO_NOT_TRACK", "1")):
         if key not in inherited_env:
@@ -433,7 +556,6 @@ def make_plan(
                     f"all-reduce+RMSNorm fusion off: NVLink multicast is {why}, and vLLM's default picks "
                     "FlashInfer's mnnvl all-reduce, which then crashes TP>=2 with an illegal memory access"
                 )
-        interconnect = hw.interconnect
         if interconnect is Interconnect.pcie and tp > 2 and "disable_custom_all_reduce" not in extra:
             extra["disable_custom_all_reduce"] = True
             notes.append("custom all-reduce off: vLLM's supports at most 2 GPUs over PCIe and would warn and skip it")
@@ -462,4 +584,5 @@ def make_plan(
         problems=tuple(problems),
         notes=tuple(notes),
         estimate=estimate,
+        placement=placement,
     )

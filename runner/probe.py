@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class Gpu:
     memory_free_bytes: Optional[int] = None
     compute_capability: Optional[Tuple[int, int]] = None
     uuid: Optional[str] = None
+    numa_node: Optional[int] = None
+    nvlinks_active: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,13 @@ class HardwareProbe:
     # The caller's CUDA_VISIBLE_DEVICES, if any: a mask the runner honours.
     inherited_cuda_mask: Optional[str] = None
     notes: Tuple[str, ...] = field(default_factory=tuple)
+    # Per pair of GPU indices (i < j): how they are linked, in `nvidia-smi topo -m` words
+    # (NV18, PIX, PXB, PHB, NODE, SYS), and whether P2P reads work ("OK" or why not).
+    links: Mapping[Tuple[int, int], str] = field(default_factory=dict)
+    p2p: Mapping[Tuple[int, int], str] = field(default_factory=dict)
+    numa_nodes: int = 1
+    # The CPUs of each NUMA node (/sys/devices/system/node/node*/cpulist), node by node.
+    cpu_numa_nodes: Tuple[Tuple[int, ...], ...] = ()
 
     @property
     def gpu_count(self) -> int:
@@ -71,6 +80,91 @@ def _decode(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+# nvmlDeviceGetTopologyCommonAncestor's levels, named as `nvidia-smi topo -m` names them.
+_ANCESTOR_WORDS = {0: "PIX", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}
+# NVML's P2P status codes (nvml.h, nvmlGpuP2PStatus_t), as `nvidia-smi topo -p2p` prints them.
+_P2P_WORDS = {0: "OK", 1: "CNS", 2: "GNS", 3: "TNS", 4: "DISABLED", 5: "NS", 6: "U"}
+# nvml.h nvmlGpuP2PCapsIndex_t. Written out: nvidia-ml-py 13 defines
+# NVML_P2P_CAPS_INDEX_READ as the tuple (0,), which ctypes refuses (ArgumentError).
+_P2P_READ, _P2P_NVLINK = 0, 2
+
+
+def _numa_node(pci_bus_id: str) -> Optional[int]:
+    """The NUMA node the kernel gives the GPU's PCI function (-1 or unknown: None)."""
+    domain, _, rest = pci_bus_id.lower().partition(":")
+    path = f"/sys/bus/pci/devices/{domain[-4:]}:{rest}/numa_node"
+    try:
+        with open(path) as f:
+            node = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return node if node >= 0 else None
+
+
+def _cpu_list(text: str) -> Tuple[int, ...]:
+    """"0-3,8-11" -> (0, 1, 2, 3, 8, 9, 10, 11)."""
+    cpus = []
+    for part in text.strip().split(","):
+        if "-" in part:
+            lo, hi = part.split("-")
+            cpus += range(int(lo), int(hi) + 1)
+        elif part:
+            cpus.append(int(part))
+    return tuple(cpus)
+
+
+def _cpu_numa_nodes() -> Tuple[Tuple[int, ...], ...]:
+    root = "/sys/devices/system/node"
+    try:
+        names = sorted((n for n in os.listdir(root) if n.startswith("node") and n[4:].isdigit()), key=lambda n: int(n[4:]))
+        nodes = []
+        for name in names:
+            with open(f"{root}/{name}/cpulist") as f:
+                nodes.append(_cpu_list(f.read()))
+        return tuple(nodes)
+    except (OSError, ValueError):
+        return ()
+
+
+def _nvlinks_active(pynvml, handle) -> Optional[int]:
+    active = 0
+    for link in range(getattr(pynvml, "NVML_NVLINK_MAX_LINKS", 18)):
+        try:
+            active += 1 if pynvml.nvmlDeviceGetNvLinkState(handle, link) else 0
+        except Exception:  # no such link, or no NVLink on this GPU
+            break
+    return active
+
+
+def _nvml_pairs(pynvml, gpus: Sequence[Gpu]) -> Tuple[Dict[Tuple[int, int], str], Dict[Tuple[int, int], str]]:
+    """How each pair is linked and whether P2P works, from NVML (fast: no nvidia-smi)."""
+    links: Dict[Tuple[int, int], str] = {}
+    p2p: Dict[Tuple[int, int], str] = {}
+    handles = {g.index: pynvml.nvmlDeviceGetHandleByIndex(g.index) for g in gpus}
+    for a in gpus:
+        for b in gpus:
+            if b.index <= a.index:
+                continue
+            ha, hb = handles[a.index], handles[b.index]
+            try:
+                nvlink = pynvml.nvmlDeviceGetP2PStatus(ha, hb, _P2P_NVLINK) == 0
+            except Exception:
+                nvlink = False
+            if nvlink:
+                links[(a.index, b.index)] = f"NV{min(a.nvlinks_active or 0, b.nvlinks_active or 0) or 1}"
+            else:
+                try:
+                    level = int(pynvml.nvmlDeviceGetTopologyCommonAncestor(ha, hb))
+                    links[(a.index, b.index)] = _ANCESTOR_WORDS.get(level, "SYS")
+                except Exception:
+                    pass
+            try:
+                p2p[(a.index, b.index)] = _P2P_WORDS.get(int(pynvml.nvmlDeviceGetP2PStatus(ha, hb, _P2P_READ)), "U")
+            except Exception:
+                pass
+    return links, p2p
+
+
 def _probe_nvml() -> Optional[dict]:
     try:
         import pynvml
@@ -98,11 +192,19 @@ def _probe_nvml() -> Optional[dict]:
                     memory_free_bytes=int(mem.free),
                     compute_capability=cc,
                     uuid=_decode(pynvml.nvmlDeviceGetUUID(h)),
+                    numa_node=_numa_node(_decode(pynvml.nvmlDeviceGetPciInfo(h).busId)),
+                    nvlinks_active=_nvlinks_active(pynvml, h),
                 )
             )
         cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        try:
+            links, p2p = _nvml_pairs(pynvml, gpus)
+        except Exception:  # pairs are for placement; without them the first GPUs in PCI order
+            links, p2p = {}, {}
         return {
             "gpus": tuple(gpus),
+            "links": links,
+            "p2p": p2p,
             "driver_version": _decode(pynvml.nvmlSystemGetDriverVersion()),
             "cuda_driver_version": f"{cuda // 1000}.{(cuda % 1000) // 10}",
         }
@@ -161,8 +263,11 @@ def probe_hardware(with_topology: bool = True) -> HardwareProbe:
     source = "none"
     gpus: Tuple[Gpu, ...] = ()
     driver = cuda = None
+    links: Mapping[Tuple[int, int], str] = {}
+    p2p: Mapping[Tuple[int, int], str] = {}
     if nvml is not None:
         source, gpus = "nvml", nvml["gpus"]
+        links, p2p = nvml["links"], nvml["p2p"]
         driver, cuda = nvml["driver_version"], nvml["cuda_driver_version"]
     else:
         text = _run(
@@ -178,6 +283,9 @@ def probe_hardware(with_topology: bool = True) -> HardwareProbe:
             source = "nvidia-smi"
             notes.append("NVML unavailable; read GPUs from nvidia-smi")
     topology = topology_matrix() if (with_topology and gpus) else None
+    if gpus and not links and topology is None:
+        topology = topology_matrix()  # no NVML pairs: placement needs nvidia-smi's matrix
+    cpu_nodes = _cpu_numa_nodes()
     return HardwareProbe(
         gpus=gpus,
         cpus_allowed=_cpus_allowed(),
@@ -187,4 +295,8 @@ def probe_hardware(with_topology: bool = True) -> HardwareProbe:
         topology_matrix=topology,
         inherited_cuda_mask=os.environ.get("CUDA_VISIBLE_DEVICES"),
         notes=tuple(notes),
+        links=links,
+        p2p=p2p,
+        numa_nodes=max(1, len(cpu_nodes)),
+        cpu_numa_nodes=cpu_nodes,
     )

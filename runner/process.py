@@ -216,3 +216,31 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
+
+
+def run_json(argv: Sequence[str], env: Mapping[str, str], timeout: float) -> dict:
+    """Run a helper in its own session and return the JSON object its last line prints.
+
+    Past the timeout, or on Ctrl-C, its whole process group is killed: a hung collective
+    leaves no ranks behind."""
+    proc = subprocess.Popen(list(argv), env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return {"ok": False, "hung": True, "error": f"no answer in {timeout:g} s; killed"}
+    except BaseException:
+        _killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        if proc.poll() is None:
+            _killpg(proc.pid, signal.SIGKILL)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        tail = (err or out).strip().splitlines()[-3:]
+        return {"ok": False, "error": f"exit code {proc.returncode}: {' | '.join(tail)[:400] or 'no output'}"}

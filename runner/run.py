@@ -65,8 +65,37 @@ def hardware_summary(probe: HardwareProbe) -> Dict[str, Any]:
         "cpus_allowed": len(probe.cpus_allowed),
         "inherited_cuda_visible_devices": probe.inherited_cuda_mask,
         "topology_matrix": probe.topology_matrix,
+        "links": {f"{a}-{b}": v for (a, b), v in sorted(probe.links.items())},
+        "p2p": {f"{a}-{b}": v for (a, b), v in sorted(probe.p2p.items())},
+        "numa_nodes": probe.numa_nodes,
         "notes": list(probe.notes),
     }
+
+
+def fit_summary(plan: Plan) -> Optional[Dict[str, Any]]:
+    """The memory plan for the chosen TP size, and the table over every TP size."""
+    fit = plan.estimate.get("fit")
+    if not fit:
+        return None
+    return fit | {"source": plan.estimate.get("memory_source"), "table": plan.estimate.get("fit_table", [])}
+
+
+def fit_check(fit: Optional[Dict[str, Any]], reported: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """Predicted against what vLLM reported at start-up: the memory model's report card."""
+    if not fit or "kv_cache_tokens" not in reported:
+        return None
+    measured = reported["kv_cache_tokens"]
+    out: Dict[str, Any] = {
+        "kv_cache_tokens": {"predicted": fit["kv_cache_tokens"], "measured": measured,
+                            "error_pct": round(100 * (fit["kv_cache_tokens"] - measured) / measured, 2) if measured else None},
+    }
+    profile = reported.get("memory_profile") or {}
+    for key, theirs in (("requested_gib", "requested_gib"), ("weights_gib_per_gpu", "weights_gib"), ("activation_peak_gib", "activation_peak_gib"),
+                        ("non_torch_gib", "non_torch_gib"), ("kv_cache_gib", None)):
+        value = reported.get("kv_cache_gib") if theirs is None else profile.get(theirs)
+        if value is not None:
+            out[key] = {"predicted": fit[key], "measured": value}
+    return out
 
 
 def model_summary(cfg: RunnerConfig, plan: Plan, hf_config: Optional[dict]) -> Dict[str, Any]:
@@ -173,6 +202,8 @@ class Run:
                 "notes": list(plan.notes),
                 "hardware": hardware_summary(probe),
                 "model": model_summary(cfg, plan, hf_config),
+                "placement": plan.placement,
+                "fit": fit_summary(plan),
             }
         )
         self.diagnosis_context = {
@@ -222,6 +253,46 @@ class Run:
         record["argv"] = redact_argv(plan.argv)
         record["env"] = redact_env(plan.env)
         return record
+
+    def collective_check(self, plan: Plan) -> Plan:
+        """All-reduce over the plan's devices before vLLM starts (runner/collective.py).
+
+        A hang or failure with P2P on that passes with NCCL_P2P_DISABLE=1 gives the launch
+        that fallback (and says so); one that fails either way stops the run here."""
+        cfg = self.cfg.launch
+        backend = "nccl" if plan.device == "cuda" else "gloo"
+        script = Path(__file__).resolve().with_name("collective.py")
+
+        def attempt(extra_env: Dict[str, str]) -> Dict[str, Any]:
+            argv = [plan.argv[0], str(script), "--world", str(plan.world_size), "--backend", backend,
+                    "--size-mib", str(cfg.collective_size_mib), "--timeout-s", str(cfg.collective_timeout_s)]
+            env = {**os.environ, **plan.env, **extra_env}
+            log.info("collective check", backend=backend, devices=list(plan.devices), **extra_env)
+            result = process.run_json(argv, env, timeout=cfg.collective_timeout_s + 60)
+            result["env"] = extra_env
+            return result
+
+        attempts = [attempt({})]
+        if not attempts[0].get("ok") and plan.device == "cuda" and os.environ.get("NCCL_P2P_DISABLE") != "1" and plan.env.get("NCCL_P2P_DISABLE") != "1":
+            attempts.append(attempt({"NCCL_P2P_DISABLE": "1"}))
+        final = attempts[-1]
+        self.manifest["collective"] = {"devices": list(plan.devices), "attempts": attempts, "ok": bool(final.get("ok"))}
+        self.timings["collective_s"] = round(sum(a.get("seconds", 0) for a in attempts), 2)
+        if not final.get("ok"):
+            raise RunFailed(
+                "preflight",
+                f"{backend} all-reduce over devices {list(plan.devices)} failed: {attempts[0].get('error')}",
+                "collective_failed",
+                "check the GPUs' P2P path (nvidia-smi topo -p2p r); try hw.env.NCCL_P2P_DISABLE=1, or fewer GPUs (serve.tensor_parallel_size)",
+            )
+        log.info("collective ok", busbw_gbps=final.get("busbw_gbps"), median_ms=final.get("median_ms"))
+        if len(attempts) > 1:
+            note = f"NCCL_P2P_DISABLE=1: the all-reduce over {list(plan.devices)} failed with P2P ({attempts[0].get('error')}) and passed without it"
+            self.manifest["notes"].append(note)
+            log.warning("plan", note=note)
+            plan = dataclasses.replace(plan, env={**plan.env, "NCCL_P2P_DISABLE": "1"}, notes=plan.notes + (note,))
+            self.manifest["plan"] = self.plan_record(plan)
+        return plan
 
     def launch(self, plan: Plan) -> None:
         cfg = self.cfg
@@ -446,6 +517,8 @@ def _execute(run: Run) -> int:
         return EXIT_OK
 
     try:
+        if cfg.launch.collective_check and plan.world_size >= 2:
+            plan = run.collective_check(plan)
         run.launch(plan)
         run.wait_ready(plan)
         log.info("vllm ready", url=plan.url, ready_s=run.timings["ready_s"])
@@ -454,6 +527,9 @@ def _execute(run: Run) -> int:
         reported = vllm_log.reported_figures(run.server.log_tail(10**6, window=8 * 2**20) if run.server else "")
         run.manifest["verification"] = verification
         run.manifest["vllm_reported"] = reported
+        if (checked := fit_check(run.manifest.get("fit"), reported)) is not None:
+            run.manifest["fit_check"] = checked
+            log.info("memory model", kv_tokens_predicted=checked["kv_cache_tokens"]["predicted"], kv_tokens_measured=checked["kv_cache_tokens"]["measured"], error_pct=checked["kv_cache_tokens"]["error_pct"])
         if not verification["passed"]:
             failed = [k for k, ok in verification["checks"].items() if not ok]
             raise RunFailed("verify", f"checks failed: {failed}", "verification_failed", "read the completion in the manifest's verification section")
@@ -541,12 +617,26 @@ def _plan_text(plan: Plan) -> str:
         f"plan: {plan.model_name} on {plan.device} devices {list(plan.devices)} "
         f"(TP={plan.tensor_parallel_size}, PP={plan.pipeline_parallel_size}, {plan.devices_available} available)",
     ]
-    if plan.estimate:
-        lines.append("estimate: " + ", ".join(f"{k}={v}" for k, v in plan.estimate.items() if k != "fit_table"))
-    for row in plan.estimate.get("fit_table", []):
-        verdict = ("fits" if row["weights_fit"] else "weights do not fit") if row["valid"] else f"invalid: {row['why_not']}"
+    fit = plan.estimate.get("fit")
+    if fit:
+        lines.append(
+            f"fit per GPU ({plan.estimate.get('memory_source')}): {fit['gpu_total_gib']:.2f} GiB x {fit['gpu_memory_utilization']:g} = "
+            f"{fit['requested_gib']:.2f} GiB for vLLM: weights {fit['weights_gib_per_gpu']:.2f}, activations {fit['activation_peak_gib']:.2f}, "
+            f"other {fit['non_torch_gib']:.2f}, KV cache {fit['kv_cache_gib']:.2f} GiB = {fit['kv_cache_tokens']:,} tokens, "
+            f"{fit['max_concurrency']:.2f} requests of {fit['max_model_len']:,} tokens"
+        )
+    elif plan.estimate:
+        lines.append("estimate: " + ", ".join(f"{k}={v}" for k, v in plan.estimate.items()))
+    rows = plan.estimate.get("fit_table", [])
+    if rows:
+        lines.append("  TP  weights/GPU  KV cache/GPU      KV tokens  concurrency  verdict")
+    for row in rows:
+        verdict = "fits" if row["fits"] else ("invalid: " if not row["valid"] else "") + str(row["why_not"])
         mark = "*" if row["tensor_parallel_size"] == plan.tensor_parallel_size else " "
-        lines.append(f"  {mark} TP={row['tensor_parallel_size']:<2} weights/GPU {row['weights_gib_per_gpu']:>7.2f} GiB  {verdict}")
+        lines.append(
+            f"{mark} {row['tensor_parallel_size']:<3} {row['weights_gib_per_gpu']:>8.2f} GiB  {max(row['kv_cache_gib'], 0):>8.2f} GiB "
+            f"{row['kv_cache_tokens']:>14,}  {row['max_concurrency']:>10.2f}x  {verdict}"
+        )
     lines += [f"note: {n}" for n in plan.notes]
     lines.append(f"command: {env} {' '.join(_shell_quote(a) for a in redact_argv(plan.argv))}")
     return "\n".join(lines)

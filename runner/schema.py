@@ -124,6 +124,13 @@ class LaunchConfig:
     stop_grace_s: float = 20.0
     # Copy vLLM's output to the console as well as to vllm.log.
     echo_log: bool = False
+    # Preflight: a few seconds of all-reduce over the chosen devices (NCCL on GPUs, gloo on
+    # the CPU) before vLLM starts, under a timeout: catches a hanging P2P path in seconds
+    # and records the bus bandwidth. If it hangs with P2P and passes with
+    # NCCL_P2P_DISABLE=1, the launch gets that fallback.
+    collective_check: bool = False
+    collective_timeout_s: float = 60.0
+    collective_size_mib: int = 64
 
 
 @dataclass

@@ -11,6 +11,15 @@ from typing import Any, Dict, Optional
 _KV_TOKENS = re.compile(r"(\w+) KV cache size: ([\d,]+) tokens")
 _CONCURRENCY = re.compile(r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x")
 _WEIGHTS = re.compile(r"Model loading took ([\d.]+) ?GiB")
+# vllm/v1/worker/gpu_worker.py logs its memory profile once the engine is up (0.26 – 0.33).
+_AVAILABLE = re.compile(r"Available KV cache memory: ([\d.]+) ?GiB")
+_PROFILE = re.compile(
+    r"Free memory on device \(([\d.]+)/([\d.]+) GiB\) on startup\. Desired GPU memory utilization is "
+    r"\(([\d.]+), ([\d.]+) GiB\)\. Actual usage is ([\d.]+) GiB for weight, ([\d.]+) GiB for peak activation, "
+    r"(-?[\d.]+) GiB for non-torch memory, and ([\d.]+) GiB for CUDAGraph memory"
+)
+_PROFILE_KEYS = ("free_gib", "total_gib", "gpu_memory_utilization", "requested_gib", "weights_gib",
+                 "activation_peak_gib", "non_torch_gib", "cuda_graph_gib")
 _STAGES = (
     ("ready", re.compile(r"Application startup complete|Uvicorn running on")),
     ("cuda graphs", re.compile(r"Capturing CUDA graph|Graph capturing finished")),
@@ -35,6 +44,10 @@ def reported_figures(log_text: str) -> Dict[str, Any]:
         out["max_concurrency"] = float(m.group(2))
     if m := _WEIGHTS.search(log_text):
         out["model_loading_gib"] = float(m.group(1))
+    if m := _AVAILABLE.search(log_text):
+        out["kv_cache_gib"] = float(m.group(1))
+    if m := _PROFILE.search(log_text):
+        out["memory_profile"] = {k: float(v) for k, v in zip(_PROFILE_KEYS, m.groups())}
     return out
 
 

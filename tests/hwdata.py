@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 from runner.probe import Gpu, HardwareProbe
+from runner.topology import parse_p2p_matrix, parse_topo_matrix
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 H100X4 = FIXTURES / "h100x4-topology.json"
@@ -62,4 +63,13 @@ def probe_from_capture(
         source="nvml",
         topology_matrix=capture.get("nvidia_smi_topo_m"),
         inherited_cuda_mask=mask,
+        links=links_from_capture(capture),
+        p2p=parse_p2p_matrix(capture["nvidia_smi_topo_p2p_r"]) if capture.get("nvidia_smi_topo_p2p_r") else {},
     )
+
+
+def links_from_capture(capture: dict) -> Dict[Tuple[int, int], str]:
+    """Pair links (i < j) as the NVML probe reports them, read from the captured topo -m."""
+    matrix = parse_topo_matrix(capture["nvidia_smi_topo_m"])
+    n = matrix.gpu_count
+    return {(i, j): matrix.link(i, j) for i in range(n) for j in range(i + 1, n)}

@@ -90,7 +90,8 @@ def test_fit_table_for_every_tp_size(compose, probe_cpu2):
     plan = make_plan(cfg, probe_cpu2, dict(cfg.model.hf_config), "0.26.0", {}, python="python")
     rows = {r["tensor_parallel_size"]: r for r in plan.estimate["fit_table"]}
     assert sorted(rows) == [1, 2, 3, 4]
-    assert rows[1]["valid"] and not rows[1]["weights_fit"] and rows[1]["weights_gib_per_gpu"] == 131.42
-    assert rows[2]["valid"] and rows[2]["weights_fit"]
-    assert not rows[3]["valid"] and "num_attention_heads=64" in rows[3]["why_not"]
-    assert rows[4]["valid"] and rows[4]["weights_fit"] and rows[4]["weights_gib_per_gpu"] == 32.85
+    assert rows[1]["valid"] and not rows[1]["fits"] and rows[1]["weights_gib_per_gpu"] == 131.42
+    assert "weights need 131.4 GiB per GPU" in rows[1]["why_not"] and rows[1]["kv_cache_tokens"] == 0
+    assert rows[2]["valid"] and rows[2]["fits"] and 0 < rows[2]["kv_cache_tokens"] < rows[4]["kv_cache_tokens"]
+    assert not rows[3]["valid"] and not rows[3]["fits"] and "num_attention_heads=64" in rows[3]["why_not"]
+    assert rows[4]["valid"] and rows[4]["fits"] and rows[4]["weights_gib_per_gpu"] == 32.85

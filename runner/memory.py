@@ -1,0 +1,182 @@
+"""Memory model: what vLLM will give the KV cache on each GPU, predicted before it starts.
+
+vLLM (vllm/v1/worker/gpu_worker.py, determine_available_memory; 0.26 – 0.33) measures,
+after loading the weights and running one profiling forward pass:
+
+    requested = ceil(gpu_memory_utilization x total)           # total: cudaMemGetInfo's
+    kv_cache  = requested - weights - activation_peak - non_torch_increase
+                [- cuda_graph_estimate, where the model runner estimates it]
+
+and then (vllm/v1/core/kv_cache_utils.py) cuts kv_cache into blocks of 16 tokens, each
+holding K and V for every layer of this rank:
+
+    bytes_per_token = layers_per_stage x max(1, kv_heads / TP) x head_dim x 2 x kv_dtype bytes
+    tokens          = floor(kv_cache / (bytes_per_token x 16)) x 16
+    concurrency     = tokens / max_model_len (in whole blocks)
+
+and refuses to start when kv_cache <= 0 ("No available memory for the cache blocks") or
+tokens < max_model_len ("The model's max seq len … is larger than the maximum number of
+tokens that can be stored in KV cache").
+
+Each term here is computed from the model's shape and the serve options; the two that
+vLLM measures (the activation peak and the non-torch increase) come from a model fitted to
+its own start-up report on H100s ("Actual usage is … GiB for weight, … for peak
+activation, … for non-torch memory, and … for CUDAGraph memory"): docs/memory-model.md
+has the measured table this module reproduces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional
+
+from runner.models import ModelShape
+
+GIB = 2**30
+BLOCK_SIZE = 16  # vllm/config/cache.py: the CUDA attention backends' default block size
+
+# vLLM's defaults when the serve options leave them unset (vllm/engine/arg_utils.py,
+# get_batch_defaults: the API server on a GPU with >= 70 GiB that is not an A100, else the
+# small set), and vllm/config/cache.py's gpu_memory_utilization (0.92 from 0.26 on).
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
+BIG_GPU_BYTES = 70 * GIB
+DEFAULTS_BIG = {"max_num_batched_tokens": 8192, "max_num_seqs": 1024}
+DEFAULTS_SMALL = {"max_num_batched_tokens": 2048, "max_num_seqs": 256}
+
+KV_DTYPE_BYTES = {None: None, "auto": None, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "bfloat16": 2, "float16": 2, "half": 2}
+
+# ---- the fitted part -------------------------------------------------------------------
+# cudaMemGetInfo's total is a little under NVML's (memory the driver keeps): on H100 80GB
+# HBM3 NVML says 85,520,809,984 B and vLLM logs 79.18 GiB.
+DRIVER_RESERVED_FRACTION = 1 - 79.18 / 79.647
+# Non-torch memory vLLM sees appear between its first snapshot (after NCCL is set up) and
+# the end of profiling: cuBLAS workspaces and the like. H100, vLLM 0.26: 0.06 GiB at TP 2
+# and 4.
+NON_TORCH_GIB = 0.06
+# The activation peak of the profiling pass: the larger of the forward pass over
+# max_num_batched_tokens tokens and the sampler over min(tokens, max_num_seqs) rows.
+# bytes = tokens x (FWD_MLP x intermediate/TP + FWD_HIDDEN x hidden) x dtype bytes
+FWD_MLP = 3.0  # gate_up (2 x I/TP) and the activation's output (I/TP) alive together
+FWD_HIDDEN = 4.0
+# bytes = rows x vocab x SAMPLER_BYTES_PER_LOGIT (bf16 logits, their float32 copy, …)
+SAMPLER_BYTES_PER_LOGIT = 6.0
+
+
+@dataclass(frozen=True)
+class MemoryFit:
+    """One TP size's prediction, in GiB per GPU unless named otherwise."""
+
+    tensor_parallel_size: int
+    gpu_total_gib: float  # as vLLM sees it (cudaMemGetInfo)
+    gpu_memory_utilization: float
+    requested_gib: float
+    weights_gib_per_gpu: float
+    activation_peak_gib: float
+    non_torch_gib: float
+    cuda_graph_gib: float  # subtracted only where vLLM subtracts it
+    kv_cache_gib: float
+    kv_bytes_per_token: int  # per GPU
+    kv_cache_tokens: int
+    max_model_len: int
+    max_concurrency: float
+    fits: bool
+    why_not: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def serve_defaults(gpu_total_bytes: int, gpu_name: Optional[str] = None) -> Dict[str, int]:
+    big = gpu_total_bytes >= BIG_GPU_BYTES and "a100" not in (gpu_name or "").lower()
+    return dict(DEFAULTS_BIG if big else DEFAULTS_SMALL)
+
+
+def kv_bytes_per_token(shape: ModelShape, tp: int, pp: int = 1, kv_dtype_bytes: int = 2) -> int:
+    """K and V for every layer this GPU holds, per token."""
+    # vllm/model_executor/layers/linear.py, QKVParallelLinear: max(1, kv_heads // tp) per rank.
+    kv_heads = max(1, shape.num_key_value_heads // tp)
+    layers = math.ceil(shape.num_hidden_layers / pp)
+    return layers * kv_heads * shape.head_dim * 2 * kv_dtype_bytes
+
+
+def activation_peak_bytes(shape: ModelShape, tp: int, tokens: int, rows: int, dtype_bytes: int = 2) -> int:
+    intermediate = shape.intermediate_size
+    if shape.num_experts > 1:
+        intermediate = (shape.moe_intermediate_size or shape.intermediate_size) * 2  # top-2 routing
+    forward = tokens * (FWD_MLP * intermediate / tp + FWD_HIDDEN * shape.hidden_size) * dtype_bytes
+    sampler = min(tokens, rows) * shape.vocab_size * SAMPLER_BYTES_PER_LOGIT
+    return int(max(forward, sampler))
+
+
+def cuda_total_bytes(nvml_total_bytes: int) -> int:
+    return int(nvml_total_bytes * (1 - DRIVER_RESERVED_FRACTION))
+
+
+def predict(
+    shape: ModelShape,
+    tp: int,
+    weights_bytes_total: int,
+    gpu_total_bytes: int,
+    *,
+    pp: int = 1,
+    gpu_memory_utilization: Optional[float] = None,
+    max_model_len: Optional[int] = None,
+    max_num_batched_tokens: Optional[int] = None,
+    max_num_seqs: Optional[int] = None,
+    kv_cache_dtype: Optional[str] = None,
+    dtype_bytes: int = 2,
+    gpu_name: Optional[str] = None,
+) -> MemoryFit:
+    """vLLM's KV-cache size for this TP size on GPUs of gpu_total_bytes (NVML's total)."""
+    defaults = serve_defaults(gpu_total_bytes, gpu_name)
+    util = gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
+    tokens = max_num_batched_tokens or defaults["max_num_batched_tokens"]
+    rows = max_num_seqs or defaults["max_num_seqs"]
+    length = max_model_len or shape.context_length or shape.max_position_embeddings or 2048
+    kv_bytes = KV_DTYPE_BYTES.get(kv_cache_dtype) or dtype_bytes
+
+    total = cuda_total_bytes(gpu_total_bytes)
+    requested = math.ceil(total * util)
+    weights = weights_bytes_total / (tp * pp)
+    peak = activation_peak_bytes(shape, tp, tokens, rows, dtype_bytes)
+    non_torch = NON_TORCH_GIB * GIB
+    kv_cache = requested - weights - peak - non_torch
+    per_token = kv_bytes_per_token(shape, tp, pp, kv_bytes)
+    blocks = max(0, int(kv_cache // (per_token * BLOCK_SIZE)))
+    kv_tokens = blocks * BLOCK_SIZE
+    per_request_blocks = math.ceil(length / BLOCK_SIZE)
+    concurrency = blocks / per_request_blocks if per_request_blocks else 0.0
+
+    why = None
+    if weights >= requested:
+        why = f"weights need {weights / GIB:.1f} GiB per GPU, more than the {requested / GIB:.1f} GiB vLLM may use"
+    elif kv_cache <= 0:
+        why = f"no memory left for the KV cache ({kv_cache / GIB:.2f} GiB after weights and activations)"
+    elif kv_tokens < length:
+        why = f"the KV cache holds {kv_tokens:,} tokens, fewer than max_model_len {length:,}"
+    return MemoryFit(
+        tensor_parallel_size=tp,
+        gpu_total_gib=round(total / GIB, 2),
+        gpu_memory_utilization=util,
+        requested_gib=round(requested / GIB, 2),
+        weights_gib_per_gpu=round(weights / GIB, 2),
+        activation_peak_gib=round(peak / GIB, 2),
+        non_torch_gib=round(non_torch / GIB, 2),
+        cuda_graph_gib=0.0,
+        kv_cache_gib=round(kv_cache / GIB, 2),
+        kv_bytes_per_token=per_token,
+        kv_cache_tokens=kv_tokens,
+        max_model_len=length,
+        max_concurrency=round(concurrency, 2),
+        fits=why is None,
+        why_not=why,
+    )
+
+
+def largest_max_model_len(fit: MemoryFit, context: Optional[int]) -> int:
+    """The longest max_model_len vLLM would accept with this KV cache (whole blocks)."""
+    longest = fit.kv_cache_tokens
+    if context:
+        longest = min(longest, context)
+    return max(0, longest)
