@@ -307,7 +307,14 @@ def _oom(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
     mml = _int(ctx.get("max_model_len"))
     shorter = f"serve.max_model_len={mml // 2}" if mml else "a lower serve.max_model_len"
     larger = _larger_tp(ctx)
-    if loaded:
+    if "KV cache size" in before:
+        # The KV cache was already sized, so what failed is memory outside vLLM's request:
+        # CUDA graphs (0.26 does not count them) and a sampling step's float32 logits.
+        util = _float(ctx.get("gpu_memory_utilization")) or DEFAULT_GPU_MEMORY_UTILIZATION
+        summary = ("CUDA ran out of memory after the KV cache was allocated: CUDA graphs and sampling "
+                   "need memory outside gpu_memory_utilization's share")
+        options = [f"serve.gpu_memory_utilization={util - 0.03:.2f}", "serve.enforce_eager=true (no CUDA graphs, slower decode)"]
+    elif loaded:
         summary = "CUDA ran out of memory after the weights loaded (profiling, KV cache or CUDA graphs)"
         options = [shorter, larger]
     else:

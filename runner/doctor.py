@@ -133,7 +133,13 @@ def environment_checks(
         torch_cuda = runtime.get("torch_cuda") or _cuda_from_torch_version(runtime.get("torch"))
         driver_cuda = probe.cuda_driver_version
         nccl = runtime.get("nccl")
-        if not torch_cuda:
+        # A version without a local tag ("2.11.0", as some builds install) says nothing about
+        # CUDA; only an imported torch (mode=doctor) or a "+cpu" build says "none".
+        unknown = not torch_cuda and "torch_cuda" not in runtime and "+cpu" not in str(runtime.get("torch") or "")
+        if unknown:
+            checks.append(Check("torch CUDA", WARN, f"torch {runtime.get('torch') or '?'}: its version does not name a CUDA build; not checked before launch",
+                                "python -m runner mode=doctor imports torch and checks it"))
+        elif not torch_cuda:
             checks.append(Check("torch CUDA", FAIL, f"torch {runtime.get('torch') or '?'} has no CUDA",
                                 f"install torch built for CUDA {driver_cuda or '12.x'} (the wheel vLLM pins), e.g. pip install 'vllm>=0.26,<0.34'"))
         elif driver_cuda and _ver(torch_cuda) > _ver(driver_cuda):

@@ -34,7 +34,8 @@ from typing import Any, Dict, Optional
 from runner.models import ModelShape
 
 GIB = 2**30
-BLOCK_SIZE = 16  # vllm/config/cache.py: the CUDA attention backends' default block size
+BLOCK_SIZE = 16
+CALIBRATED_VLLM = "0.26.0"  # the release whose reports the fitted constants come from  # vllm/config/cache.py: the CUDA attention backends' default block size
 
 # vLLM's defaults when the serve options leave them unset (vllm/engine/arg_utils.py,
 # get_batch_defaults: the API server on a GPU with >= 70 GiB that is not an A100, else the
@@ -47,20 +48,43 @@ DEFAULTS_SMALL = {"max_num_batched_tokens": 2048, "max_num_seqs": 256}
 KV_DTYPE_BYTES = {None: None, "auto": None, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "bfloat16": 2, "float16": 2, "half": 2}
 
 # ---- the fitted part -------------------------------------------------------------------
+# Fitted to vLLM 0.26.0's own start-up reports on H100 80GB HBM3 (docs/memory-model.md has
+# every point and how far each prediction is from it).
+#
 # cudaMemGetInfo's total is a little under NVML's (memory the driver keeps): on H100 80GB
-# HBM3 NVML says 85,520,809,984 B and vLLM logs 79.18 GiB.
-DRIVER_RESERVED_FRACTION = 1 - 79.18 / 79.647
-# Non-torch memory vLLM sees appear between its first snapshot (after NCCL is set up) and
-# the end of profiling: cuBLAS workspaces and the like. H100, vLLM 0.26: 0.06 GiB at TP 2
-# and 4.
-NON_TORCH_GIB = 0.06
+# HBM3 NVML says 85,520,809,984 B and cudaMemGetInfo 85,017,493,504 B.
+DRIVER_RESERVED_FRACTION = 1 - 85_017_493_504 / 85_520_809_984
+# Non-torch memory that appears between vLLM's first snapshot (taken after NCCL is set up)
+# and the end of profiling (cuBLAS workspaces and the like): 0.22 GiB on one GPU, 0.06 GiB
+# per GPU at TP 2 and 4 (0.12 for Mixtral at TP 2).
+NON_TORCH_GIB = {1: 0.22}
+NON_TORCH_GIB_TP = 0.06
 # The activation peak of the profiling pass: the larger of the forward pass over
 # max_num_batched_tokens tokens and the sampler over min(tokens, max_num_seqs) rows.
-# bytes = tokens x (FWD_MLP x intermediate/TP + FWD_HIDDEN x hidden) x dtype bytes
-FWD_MLP = 3.0  # gate_up (2 x I/TP) and the activation's output (I/TP) alive together
-FWD_HIDDEN = 4.0
-# bytes = rows x vocab x SAMPLER_BYTES_PER_LOGIT (bf16 logits, their float32 copy, …)
-SAMPLER_BYTES_PER_LOGIT = 6.0
+#   forward = tokens x (3 x intermediate/TP + FWD_HIDDEN x hidden) x dtype bytes + FWD_GIB
+#   (gate_up's 2 x I/TP outputs and the activation's I/TP alive together; the slope in
+#   tokens is the measured one: +8192 tokens added 0.67 GiB to Llama-3-8B at TP 1)
+#   sampler = rows x vocab x SAMPLER_BYTES_PER_LOGIT + SAMPLER_GIB
+FWD_MLP = 3.0
+FWD_HIDDEN = 2.2
+FWD_GIB = 0.18
+SAMPLER_BYTES_PER_LOGIT = 3.0
+SAMPLER_GIB = 0.28
+# Memory used before vLLM's first snapshot, outside everything above (CUDA context, and
+# NCCL's buffers with more than one rank): free memory at start-up was 78.66 of 79.18 GiB
+# at TP 1 and 77.64 at TP 2 and 4.
+BASELINE_GIB = {1: 0.52}
+BASELINE_GIB_TP = 1.54
+# CUDA graphs (vLLM captures 51 sizes, PIECEWISE and FULL, up to 512 tokens by default):
+#   GRAPH_GIB + layers x (GRAPH_PER_LAYER + GRAPH_PER_LAYER_TP / TP) x min(max_num_seqs, 512) / 512
+GRAPH_GIB = 0.13
+GRAPH_PER_LAYER = 0.0091
+GRAPH_PER_LAYER_TP = 0.0139
+# What a serving step allocates beyond the profiled peak: the sampler's float32 logits
+# (rows x vocab x 4 B) and a margin. With less head-room than that, Llama-3.1-70B at TP 2
+# and utilization 0.95 ran out of memory right after CUDA graph capture (0.91 GiB left,
+# a 502 MiB allocation failed).
+HEADROOM_GIB = 0.6
 
 
 @dataclass(frozen=True)
@@ -74,7 +98,10 @@ class MemoryFit:
     weights_gib_per_gpu: float
     activation_peak_gib: float
     non_torch_gib: float
-    cuda_graph_gib: float  # subtracted only where vLLM subtracts it
+    cuda_graph_gib: float  # subtracted from the KV cache only where vLLM does (0.27 on)
+    cuda_graphs_counted: bool
+    headroom_gib: float  # what stays free on the GPU once vLLM has everything it plans for
+    max_safe_utilization: float  # the highest gpu_memory_utilization that keeps the head-room
     kv_cache_gib: float
     kv_bytes_per_token: int  # per GPU
     kv_cache_tokens: int
@@ -102,11 +129,26 @@ def kv_bytes_per_token(shape: ModelShape, tp: int, pp: int = 1, kv_dtype_bytes: 
 
 def activation_peak_bytes(shape: ModelShape, tp: int, tokens: int, rows: int, dtype_bytes: int = 2) -> int:
     intermediate = shape.intermediate_size
-    if shape.num_experts > 1:
-        intermediate = (shape.moe_intermediate_size or shape.intermediate_size) * 2  # top-2 routing
-    forward = tokens * (FWD_MLP * intermediate / tp + FWD_HIDDEN * shape.hidden_size) * dtype_bytes
-    sampler = min(tokens, rows) * shape.vocab_size * SAMPLER_BYTES_PER_LOGIT
+    if shape.num_experts > 1:  # the routed tokens' experts, top-k of them per token
+        intermediate = (shape.moe_intermediate_size or shape.intermediate_size) * shape.experts_per_token
+    forward = tokens * (FWD_MLP * intermediate / tp + FWD_HIDDEN * shape.hidden_size) * dtype_bytes + FWD_GIB * GIB
+    sampler = min(tokens, rows) * shape.vocab_size * SAMPLER_BYTES_PER_LOGIT + SAMPLER_GIB * GIB
     return int(max(forward, sampler))
+
+
+def cuda_graph_bytes(shape: ModelShape, tp: int, pp: int, rows: int) -> int:
+    layers = math.ceil(shape.num_hidden_layers / pp)
+    return int((GRAPH_GIB + layers * (GRAPH_PER_LAYER + GRAPH_PER_LAYER_TP / tp) * min(rows, 512) / 512) * GIB)
+
+
+def graphs_counted(vllm_version: Optional[str]) -> bool:
+    """Whether vLLM takes its CUDA-graph estimate out of the KV cache. 0.26's model runner
+    (vllm/v1/worker/gpu/model_runner.py, profile_cudagraph_memory) returns 0; 0.32's
+    estimates it. Releases in between are taken to behave like 0.32."""
+    from runner.compat import parse_version
+
+    parsed = parse_version(vllm_version)
+    return parsed is None or parsed >= (0, 27)
 
 
 def cuda_total_bytes(nvml_total_bytes: int) -> int:
@@ -127,6 +169,8 @@ def predict(
     kv_cache_dtype: Optional[str] = None,
     dtype_bytes: int = 2,
     gpu_name: Optional[str] = None,
+    vllm_version: Optional[str] = None,
+    enforce_eager: bool = False,
 ) -> MemoryFit:
     """vLLM's KV-cache size for this TP size on GPUs of gpu_total_bytes (NVML's total)."""
     defaults = serve_defaults(gpu_total_bytes, gpu_name)
@@ -140,13 +184,21 @@ def predict(
     requested = math.ceil(total * util)
     weights = weights_bytes_total / (tp * pp)
     peak = activation_peak_bytes(shape, tp, tokens, rows, dtype_bytes)
-    non_torch = NON_TORCH_GIB * GIB
-    kv_cache = requested - weights - peak - non_torch
+    non_torch = NON_TORCH_GIB.get(tp, NON_TORCH_GIB_TP) * GIB
+    graphs = 0 if enforce_eager else cuda_graph_bytes(shape, tp, pp, rows)
+    counted = graphs_counted(vllm_version)
+    kv_cache = requested - weights - peak - non_torch - (graphs if counted else 0)
     per_token = kv_bytes_per_token(shape, tp, pp, kv_bytes)
     blocks = max(0, int(kv_cache // (per_token * BLOCK_SIZE)))
     kv_tokens = blocks * BLOCK_SIZE
     per_request_blocks = math.ceil(length / BLOCK_SIZE)
     concurrency = blocks / per_request_blocks if per_request_blocks else 0.0
+    # Everything on the GPU once serving: what was there before vLLM's snapshot, what it
+    # requested, and the CUDA graphs where they are not inside the request.
+    baseline = BASELINE_GIB.get(tp, BASELINE_GIB_TP) * GIB
+    need_free = min(tokens, rows) * shape.vocab_size * 4 + HEADROOM_GIB * GIB
+    headroom = total - baseline - requested - (0 if counted else graphs)
+    max_util = math.floor((total - baseline - (0 if counted else graphs) - need_free) / total * 100) / 100
 
     why = None
     if weights >= requested:
@@ -155,6 +207,9 @@ def predict(
         why = f"no memory left for the KV cache ({kv_cache / GIB:.2f} GiB after weights and activations)"
     elif kv_tokens < length:
         why = f"the KV cache holds {kv_tokens:,} tokens, fewer than max_model_len {length:,}"
+    elif headroom < need_free:
+        why = (f"out of memory after start-up: {headroom / GIB:.2f} GiB would stay free, "
+               f"less than the {need_free / GIB:.2f} GiB a full sampling step allocates")
     return MemoryFit(
         tensor_parallel_size=tp,
         gpu_total_gib=round(total / GIB, 2),
@@ -163,7 +218,10 @@ def predict(
         weights_gib_per_gpu=round(weights / GIB, 2),
         activation_peak_gib=round(peak / GIB, 2),
         non_torch_gib=round(non_torch / GIB, 2),
-        cuda_graph_gib=0.0,
+        cuda_graph_gib=round(graphs / GIB, 2),
+        cuda_graphs_counted=counted,
+        headroom_gib=round(headroom / GIB, 2),
+        max_safe_utilization=max_util,
         kv_cache_gib=round(kv_cache / GIB, 2),
         kv_bytes_per_token=per_token,
         kv_cache_tokens=kv_tokens,
@@ -174,9 +232,13 @@ def predict(
     )
 
 
-def largest_max_model_len(fit: MemoryFit, context: Optional[int]) -> int:
-    """The longest max_model_len vLLM would accept with this KV cache (whole blocks)."""
-    longest = fit.kv_cache_tokens
-    if context:
-        longest = min(longest, context)
-    return max(0, longest)
+# The model's KV-token predictions were within 3 % of vLLM's on every measured point; a
+# suggested max_model_len keeps 5 % below the prediction so that it still fits when vLLM
+# finds a little less room than predicted.
+MAX_MODEL_LEN_MARGIN = 0.95
+
+
+def safe_max_model_len(fit: MemoryFit) -> int:
+    """A max_model_len to suggest: 5 % under the predicted KV tokens, in whole 256s (0: none)."""
+    longest = int(fit.kv_cache_tokens * MAX_MODEL_LEN_MARGIN) // 256 * 256
+    return longest if longest >= 256 else 0

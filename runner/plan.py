@@ -171,13 +171,14 @@ def _gpu_memory(hw, visible, planning_only: bool) -> Tuple[Optional[int], Option
     return None, None, "unknown"
 
 
-def _predictor(shape: ModelShape, weights: int, gpu_bytes: int, gpu_name: Optional[str], pp: int, serve, util: Optional[float], max_model_len: Optional[int]):
+def _predictor(shape: ModelShape, weights: int, gpu_bytes: int, gpu_name: Optional[str], pp: int, serve, util: Optional[float], max_model_len: Optional[int], vllm_version: Optional[str]):
     def predict(tp: int, **change: Any) -> memory.MemoryFit:
         args: Dict[str, Any] = dict(
             pp=pp, gpu_memory_utilization=util, max_model_len=max_model_len,
             max_num_batched_tokens=serve.max_num_batched_tokens, max_num_seqs=serve.max_num_seqs,
             kv_cache_dtype=serve.kv_cache_dtype, dtype_bytes=DTYPE_BYTES.get(str(shape.torch_dtype or "bfloat16"), 2)
             if serve.dtype == "auto" else DTYPE_BYTES.get(serve.dtype, 2), gpu_name=gpu_name,
+            vllm_version=vllm_version, enforce_eager=serve.enforce_eager,
         )
         args.update(change)
         return memory.predict(shape, tp, weights, gpu_bytes, **args)
@@ -192,18 +193,24 @@ def _memory_problem(fit: memory.MemoryFit, shape: ModelShape, hf_config, predict
     if bigger:
         fixes.append(f"serve.tensor_parallel_size={bigger[0]}")
     weights_fit = fit.weights_gib_per_gpu < fit.requested_gib
-    if weights_fit and fit.kv_cache_tokens >= memory.BLOCK_SIZE and fit.kv_cache_tokens < fit.max_model_len:
-        fixes.append(f"serve.max_model_len={fit.kv_cache_tokens}")
+    longest = memory.safe_max_model_len(fit)
+    if weights_fit and longest and fit.kv_cache_tokens < fit.max_model_len:
+        fixes.append(f"serve.max_model_len={longest}")
     if weights_fit and serve.kv_cache_dtype in (None, "auto") and predict(fit.tensor_parallel_size, kv_cache_dtype="fp8").fits:
         fixes.append("serve.kv_cache_dtype=fp8")
     current = util or memory.DEFAULT_GPU_MEMORY_UTILIZATION
-    if weights_fit and current < 0.95 and predict(fit.tensor_parallel_size, gpu_memory_utilization=0.95).fits:
-        fixes.append("serve.gpu_memory_utilization=0.95")
+    safe = fit.max_safe_utilization
+    if weights_fit and fit.headroom_gib >= 0 and safe > current and predict(fit.tensor_parallel_size, gpu_memory_utilization=safe).fits:
+        fixes.append(f"serve.gpu_memory_utilization={safe:.2f}")
+    if fit.why_not and fit.why_not.startswith("out of memory"):
+        fixes.insert(0, f"serve.gpu_memory_utilization={safe:.2f}")
     if not weights_fit:
         key, value = "serve.tensor_parallel_size", fit.tensor_parallel_size
         what = f"{fit.why_not} ({fit.gpu_total_gib:.1f} GiB x {fit.gpu_memory_utilization:g})"
     elif fit.kv_cache_gib <= 0:
         key, value, what = "serve.tensor_parallel_size", fit.tensor_parallel_size, fit.why_not
+    elif fit.why_not and fit.why_not.startswith("out of memory"):
+        key, value, what = "serve.gpu_memory_utilization", fit.gpu_memory_utilization, fit.why_not
     else:
         key, value = "serve.max_model_len", fit.max_model_len
         what = f"{fit.why_not} (predicted KV cache {fit.kv_cache_gib:.2f} GiB per GPU)"
@@ -394,9 +401,16 @@ def make_plan(
         estimate = {"parameters": shape.parameter_count(), "weights_gib": round(weights / GIB, 2)}
         if device is Device.cuda and gpu_bytes and serve.quantization is None:
             limit = max(available // pp, 1)
-            predict = _predictor(shape, weights, gpu_bytes, gpu_name, pp, serve, util_ok, max_model_len_for(cfg))
+            memory_version = vllm_version
+            if planning_only and not visible:
+                # Planning for a GPU machine from elsewhere: its vLLM is not this one.
+                memory_version = memory.CALIBRATED_VLLM
+            predict = _predictor(shape, weights, gpu_bytes, gpu_name, pp, serve, util_ok, max_model_len_for(cfg), memory_version)
             fit = predict(tp)
-            estimate.update(fit=fit.to_dict(), memory_source=memory_source)
+            estimate.update(fit=fit.to_dict(), memory_source=memory_source, memory_vllm=memory_version)
+            if memory_version != vllm_version and fit.cuda_graph_gib:
+                notes.append(f"memory predicted for vLLM {memory_version} (the release it is calibrated on): vLLM 0.27+ also sets "
+                             f"the CUDA graphs' ~{fit.cuda_graph_gib:.2f} GiB per GPU aside, out of the KV cache")
             estimate["fit_table"] = _fit_table(shape, hf_config, predict, limit)
             if serve.max_model_len == -1 and fit.kv_cache_gib > 0 and fit.weights_gib_per_gpu < fit.requested_gib:
                 notes.append(f"max_model_len -1: vLLM fits it to memory; predicted {min(fit.kv_cache_tokens, shape.context_length or fit.kv_cache_tokens):,} tokens")

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping
 
 MASK = "***redacted***"
-_SECRET_NAME = re.compile(r"(_TOKEN|_KEY|_SECRET|PASSWORD|^HF_TOKEN$|CREDENTIALS)", re.IGNORECASE)
+# Whole words only: HF_TOKEN, VLLM_API_KEY, api_key, aws_secret_access_key — not
+# max_num_batched_tokens, nor api_key_env (which names a variable, not its value).
+_SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.IGNORECASE)
+_NAMES_A_VARIABLE = re.compile(r"_ENV$", re.IGNORECASE)
 # vLLM options that carry a secret: the planner refuses these in extra_args, and any of them
 # (or the SSL key password) found in an argv is masked.
 SECRET_OPTIONS = ("api_key", "hf_token")
@@ -16,7 +19,7 @@ _SECRET_FLAGS = {"--" + name.replace("_", "-") for name in (*SECRET_OPTIONS, "ss
 
 
 def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
+    return bool(_SECRET_NAME.search(name)) and not _NAMES_A_VARIABLE.search(name)
 
 
 def redact_env(env: Mapping[str, str]) -> Dict[str, str]:

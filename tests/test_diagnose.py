@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import json
 import textwrap
 from pathlib import Path
 
@@ -17,7 +18,23 @@ import pytest
 from runner.diagnose import EVIDENCE_CHARS, NOTE_CAUSES, Diagnosis, diagnose
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_CLEAN_LOGS = sorted((REPO / "docs" / "validation").glob("*/*.vllm.log"))
+def _run_failed(log_path: Path) -> bool:
+    manifest = log_path.with_name(log_path.name.replace(".vllm.log", ".manifest.json"))
+    return manifest.is_file() and json.loads(manifest.read_text()).get("status") == "failed"
+
+
+REAL_LOGS = sorted((REPO / "docs" / "validation").glob("*/*.vllm.log"))
+REAL_CLEAN_LOGS = [p for p in REAL_LOGS if not _run_failed(p)]
+REAL_OOM_LOG = REPO / "docs/validation/2026-11-27-h100x4-memory/70b-tp2-u95.vllm.log"
+
+
+def test_real_oom_after_cuda_graphs_names_the_utilization():
+    """Llama-3.1-70B, TP 2, utilization 0.95 on H100s: vLLM 0.26 sized the KV cache, captured
+    CUDA graphs outside its request, and a sampling step's 502 MiB did not fit."""
+    found = diagnose(REAL_OOM_LOG.read_text(), {"gpu_memory_utilization": 0.95, "max_model_len": 8192, "tensor_parallel_size": 2})
+    assert found and found.cause == "cuda_oom"
+    assert "after the KV cache was allocated" in found.summary
+    assert found.fix.startswith("serve.gpu_memory_utilization=0.92")
 
 
 def log(text: str) -> str:

@@ -248,7 +248,16 @@ def test_memory_rule_skipped_for_quantized(plan_for, probe_h100x4):
     assert flag_value(plan.argv, "--quantization") == "fp8"
 
 
-@pytest.mark.parametrize("util, ok", [(1.5, False), (0.0, False), (-0.1, False), (1.0, True), (0.5, True)])
+def test_utilization_1_is_in_range_but_runs_out_of_memory(plan_for, probe_h100x4):
+    """1.0 is a valid value, but vLLM 0.26 keeps CUDA graphs and its start-up memory outside
+    the request: the memory model says so and names the highest safe value."""
+    plan = plan_for(["hw=auto", "model=tiny-llama", "mode=check", "serve.gpu_memory_utilization=1.0"], probe_h100x4)
+    [p] = problems_on(plan, "serve.gpu_memory_utilization")
+    assert "out of memory after start-up" in p.message and "must be in" not in p.message
+    assert 0.9 < float(p.fix.split("=")[1]) < 1.0
+
+
+@pytest.mark.parametrize("util, ok", [(1.5, False), (0.0, False), (-0.1, False), (0.95, True), (0.5, True)])
 def test_gpu_memory_utilization_range(plan_for, probe_h100x4, util, ok):
     plan = plan_for(["hw=auto", "model=tiny-llama", "mode=check", f"serve.gpu_memory_utilization={util}"], probe_h100x4)
     bad = problems_on(plan, "serve.gpu_memory_utilization")
