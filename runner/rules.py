@@ -14,6 +14,8 @@ from runner.problems import Problem
 # vllm/model_executor/layers/quantization/utils/marlin_utils.py
 MARLIN_MIN_THREAD_N = 64
 MARLIN_MIN_THREAD_K = 128
+# vllm/model_executor/layers/vocab_parallel_embedding.py, DEFAULT_VOCAB_PADDING_SIZE
+VOCAB_PADDING = 64
 # Quantization methods that vLLM runs with Marlin kernels on CC >= 8.0 (it upgrades gptq/awq).
 MARLIN_METHODS = {"gptq", "awq", "gptq_marlin", "awq_marlin", "marlin"}
 
@@ -33,21 +35,30 @@ def shard_violations(shape: ModelShape, tp: int, hf_config: Optional[Mapping[str
     if inter % tp:
         what = "moe_intermediate_size" if shape.moe_intermediate_size else "intermediate_size"
         why.append(f"{what}={inter} is not divisible by it")
+    # vllm/model_executor/layers/vocab_parallel_embedding.py: the vocabulary, padded to a
+    # multiple of 64, is divided among the ranks with divide().
+    padded_vocab = -(-shape.vocab_size // VOCAB_PADDING) * VOCAB_PADDING
+    if padded_vocab % tp:
+        why.append(f"vocab_size={shape.vocab_size} (padded to {padded_vocab}) is not divisible by it")
     quant = _quant(hf_config)
     method = str(quant.get("quant_method", "")).lower()
     if method in MARLIN_METHODS and not inter % tp:
         group = int(quant.get("group_size") or -1)
         q_out = shape.num_attention_heads * shape.head_dim
-        # Row-parallel inputs (o_proj, down_proj) are split by TP: Marlin needs multiples of
-        # min_thread_k and of the quantization group (verify_marlin_supports_shape).
+        # AWQ, and GPTQ without act-order, zero-pad Marlin's thread tiles
+        # (quantization/auto_awq.py, auto_gptq.py: allow_tile_padding; marlin_utils.py,
+        # check_marlin_supports_layer): only a quantization group split across ranks fails.
+        # GPTQ with desc_act keeps the strict shape rules (verify_marlin_supports_shape).
+        padded = method.startswith("awq") or not quant.get("desc_act", False)
+        # Row-parallel inputs (o_proj, down_proj) are split by TP.
         for name, size in (("o_proj input", q_out), ("down_proj input", inter)):
             part = size // tp
-            if part % MARLIN_MIN_THREAD_K:
+            if not padded and part % MARLIN_MIN_THREAD_K:
                 why.append(f"{method}: {name} per rank {part} is not divisible by min_thread_k={MARLIN_MIN_THREAD_K}")
             elif 0 < group < size and part % group:
                 why.append(f"{method}: {name} per rank {part} is not divisible by group_size={group}")
         # Column-parallel outputs (gate_up_proj) need multiples of min_thread_n.
-        if (inter // tp) % MARLIN_MIN_THREAD_N:
+        if not padded and (inter // tp) % MARLIN_MIN_THREAD_N:
             why.append(f"{method}: gate/up output per rank {inter // tp} is not divisible by min_thread_n={MARLIN_MIN_THREAD_N}")
     return why
 

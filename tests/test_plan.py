@@ -153,7 +153,7 @@ def test_kv_heads_rule_without_heads_rule(plan_for, probe_cpu2):
         "num_hidden_layers": 4,
         "num_attention_heads": 12,
         "num_key_value_heads": 3,
-        "vocab_size": 1000,
+        "vocab_size": 1152,  # 64 x 18: the padded vocabulary splits over 1-4 ranks too
     }
     plan = plan_for(["hw=nvlink-4gpu", "model.load_format=dummy", "mode=plan", "serve.tensor_parallel_size=2"], probe_cpu2, hf_config=hf)
     [p] = plan.problems

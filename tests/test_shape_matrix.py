@@ -19,8 +19,8 @@ the version in .venv) and checked by hand from the numbers in the note:
          planner's min_thread_k=128 rule, so only the reason's wording differs.
 
 ``tp_violation(ModelShape.from_hf_config(cfg), tp, cfg)`` is the planner's answer; the expected
-rule names the substring of it. Rows where the planner disagrees with vLLM are xfail(strict) and
-say why.
+rule names the substring of it. The matrix found two gaps, since closed in runner/rules.py:
+the vocabulary split, and Marlin's tile padding for AWQ / GPTQ without act-order.
 """
 
 from __future__ import annotations
@@ -52,16 +52,11 @@ OK: Optional[str] = None
 # vllm/model_executor/layers/vocab_parallel_embedding.py, VocabParallelEmbedding: the vocabulary is
 # padded to a multiple of DEFAULT_VOCAB_PADDING_SIZE=64 and then split with divide(padded, tp_size)
 # (vocab_range_from_global_vocab_size): a TP size that does not divide the padded vocabulary fails.
-# runner/rules.py has no vocabulary rule, so the planner accepts these.
-VOCAB_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="planner has no vocab rule: vLLM's VocabParallelEmbedding (vocab_parallel_embedding.py) "
-    "asserts divide(vocab padded to 64, tp)",
-)
+# runner/rules.py checks the same (it did not until this matrix found the gap).
 
 
 def vocab(model: str, tp: int, note: str):
-    return pytest.param(model, tp, "vocab", note, marks=VOCAB_XFAIL, id=f"{model}-tp{tp}")
+    return pytest.param(model, tp, "vocab_size", note, id=f"{model}-tp{tp}")
 
 
 def row(model: str, tp: int, expected: Optional[str], note: str):
@@ -211,8 +206,6 @@ def test_tp_verdict_matches_vllm(model, tp, expected, note):
     why = tp_violation(ModelShape.from_hf_config(cfg), tp, cfg)
     if expected is None:
         assert why is None, f"{model} TP={tp} ({note}): planner says {why!r}"
-    elif expected == "vocab":  # vLLM rejects; see VOCAB_XFAIL
-        assert why is not None, f"{model} TP={tp} ({note}): vLLM rejects it, the planner accepts"
     else:
         assert why is not None and RULE.get(expected, expected) in why, f"{model} TP={tp} ({note}): planner says {why!r}"
 
@@ -224,8 +217,9 @@ def test_tp_verdict_matches_vllm(model, tp, expected, note):
         ("qwen2.5-7b-instruct", [1, 2, 4]),
         ("qwen2.5-1.5b-instruct", [1, 2, 4]),
         ("mixtral-8x22b-v0.1", [1, 2, 4, 8]),
-        # the planner offers 5 (40/5, 10/5, 17920/5); vLLM refuses it (vocabulary split, see the xfail rows)
-        ("phi-3-medium-4k-instruct", [1, 2, 5]),
+        # heads (40/5), KV heads (10/5) and the MLP (17920/5) split at 5, the vocabulary 32064
+        # does not: vLLM refuses 5, and so does the planner
+        ("phi-3-medium-4k-instruct", [1, 2]),
         ("falcon-7b", [1]),
         ("falcon-40b-instruct", [1, 2, 4, 8]),
         ("gemma-2-27b", [1, 2, 4, 8]),
@@ -245,13 +239,8 @@ def test_valid_tp_sizes_up_to_8(model, sizes):
 # check_marlin_supports_layer(layer, group_size, allow_tile_padding=True), which (utils/marlin_utils.py)
 # only refuses a quantization group straddling the shard, and marlin_padded_nk() zero-pads K to a
 # multiple of lcm(128, group); MarlinLinearKernel.can_implement (kernels/linear/mixed_precision/
-# marlin.py) says "Tile misalignment is fixed by zero-padding at weight prep". runner/rules.py still
-# refuses any shard that is not a multiple of min_thread_k=128 (and of min_thread_n=64 for outputs).
-@pytest.mark.xfail(
-    strict=True,
-    reason="rules.py rejects min_thread_k/min_thread_n misalignment; vLLM 0.32 pads Marlin tiles "
-    "(auto_awq.py allow_tile_padding=True, marlin_utils.marlin_padded_nk); only group straddling fails",
-)
+# marlin.py) says "Tile misalignment is fixed by zero-padding at weight prep". runner/rules.py
+# follows it (0.26 pads the same way); GPTQ with desc_act keeps the strict tile rules.
 def test_marlin_tile_padding_awq_group_64():
     cfg = load("qwen2.5-1.5b-instruct")
     cfg["quantization_config"] = {"bits": 4, "group_size": 64, "quant_method": "awq", "version": "gemm", "zero_point": True}
