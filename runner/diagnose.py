@@ -190,6 +190,20 @@ def _heads(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
     )
 
 
+def _kv_heads(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    kv = _int(ctx.get("num_key_value_heads"))
+    tp = _int(ctx.get("tensor_parallel_size"))
+    gpus = _int(ctx.get("gpu_count"))
+    limit = gpus // _pp(ctx) if gpus else (tp or 8)
+    sizes = [s for s in _tp_candidates(ctx) if s <= limit and s != tp]
+    what = f"the model's {kv} KV heads" if kv else "the model's KV heads"
+    return (
+        f"{what} can be neither split evenly over TP={tp or '?'} ranks nor replicated evenly "
+        "(vLLM asserts this while it builds the model, on every rank)",
+        _tp_override(sizes) or "serve.tensor_parallel_size=1",
+    )
+
+
 def _too_few_gpus(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
     numbers = [int(g) for g in m.groups() if g and g.isdigit()]
     tp = _int(ctx.get("tensor_parallel_size"))
@@ -393,6 +407,10 @@ RULES: Tuple[_Rule, ...] = (
     # torch/cuda/__init__.py; vLLM's registry.py names it as the reason for spawn.
     _Rule("cuda_fork_reinit", _r(r"Cannot re-initialize CUDA in forked subprocess"), _fork),
     # vllm/config/model.py, ModelConfig.verify_with_parallel_config (same text in 0.26).
+    # vllm/model_executor/models/llama.py (and the other decoders), LlamaAttention.__init__:
+    # "assert self.total_num_kv_heads % tp_size == 0" / "assert tp_size % self.total_num_kv_heads == 0".
+    # Seen on H100s: Phi-3-medium (10 KV heads) at TP=4 (docs/validation/2026-11-27-vllm-verdicts).
+    _Rule("kv_heads_not_divisible", _r(r"assert (self\.total_num_kv_heads % tp_size|tp_size % self\.total_num_kv_heads) == 0"), _kv_heads),
     _Rule(
         "heads_not_divisible",
         _r(r"Total number of attention heads \((\d+)\) must be divisible by tensor parallel size \((\d+)\)"),

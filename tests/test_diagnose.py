@@ -28,6 +28,24 @@ REAL_CLEAN_LOGS = [p for p in REAL_LOGS if not _run_failed(p)]
 REAL_OOM_LOG = REPO / "docs/validation/2026-11-27-h100x4-memory/70b-tp2-u95.vllm.log"
 
 
+VERDICTS = REPO / "docs/validation/2026-11-27-vllm-verdicts"
+
+
+def test_real_kv_head_assertion_is_named():
+    """Phi-3-medium (40 heads, 10 KV heads) at TP=4 on H100s: vLLM accepted the config and
+    died on every rank building the model, where Llama's attention asserts the KV split."""
+    found = diagnose((VERDICTS / "phi-3-medium-4k-instruct-tp4.refused.log").read_text(),
+                     {"tensor_parallel_size": 4, "gpu_count": 4, "num_key_value_heads": 10, "valid_tp_sizes": [1, 2]})
+    assert found and found.cause == "kv_heads_not_divisible"
+    assert "10 KV heads" in found.summary and found.fix == "serve.tensor_parallel_size=2"
+
+
+@pytest.mark.parametrize("name, heads, tp", [("cpu-qwen2.5-7b-instruct-tp3", 28, 3), ("cpu-falcon-7b-tp2", 71, 2)])
+def test_real_heads_refusals_are_named(name, heads, tp):
+    found = diagnose((VERDICTS / f"{name}.refused.log").read_text(), {"tensor_parallel_size": tp})
+    assert found and found.cause == "heads_not_divisible" and f"{heads} attention heads" in found.summary
+
+
 def test_real_oom_after_cuda_graphs_names_the_utilization():
     """Llama-3.1-70B, TP 2, utilization 0.95 on H100s: vLLM 0.26 sized the KV cache, captured
     CUDA graphs outside its request, and a sampling step's 502 MiB did not fit."""
@@ -282,8 +300,17 @@ COMPILE_CACHE = """\
 RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
 """
 
+# Phi-3-medium at TP=4 on H100s (docs/validation/2026-11-27-vllm-verdicts), one rank's lines.
+KV_HEADS = """\
+(Worker_TP1 pid=2436) ERROR 11-27 05:52:11 [multiproc_executor.py:901]   File "/tmp/site/vllm/model_executor/models/llama.py", line 148, in __init__
+(Worker_TP1 pid=2436) ERROR 11-27 05:52:11 [multiproc_executor.py:901]     assert self.total_num_kv_heads % tp_size == 0
+(Worker_TP1 pid=2436) ERROR 11-27 05:52:11 [multiproc_executor.py:901]            ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+(Worker_TP1 pid=2436) ERROR 11-27 05:52:11 [multiproc_executor.py:901] AssertionError
+"""
+
 CASES = [
     # (id, log, context, cause, an override the fix must contain)
+    ("kv-heads", KV_HEADS, {**H100X4, "tensor_parallel_size": 4, "num_key_value_heads": 10, "valid_tp_sizes": [1, 2]}, "kv_heads_not_divisible", "serve.tensor_parallel_size=2"),
     ("compile-cache", COMPILE_CACHE, {}, "compile_cache_corrupt", "rm -rf /root/.cache/vllm/torch_compile_cache"),
     ("worker-died", WORKER_DIED, {}, "worker_died", "dmesg | grep -i oom"),
     ("heads", HEADS, {**H100X4, "tensor_parallel_size": 3}, "heads_not_divisible", "serve.tensor_parallel_size=2 or 4"),
