@@ -414,6 +414,9 @@ def make_plan(
             estimate["fit_table"] = _fit_table(shape, hf_config, predict, limit)
             if serve.max_model_len == -1 and fit.kv_cache_gib > 0 and fit.weights_gib_per_gpu < fit.requested_gib:
                 notes.append(f"max_model_len -1: vLLM fits it to memory; predicted {min(fit.kv_cache_tokens, shape.context_length or fit.kv_cache_tokens):,} tokens")
+            elif fit.fits and fit.oom_risk:
+                notes.append(f"WARNING: only {fit.headroom_gib:.2f} GiB would stay free on each GPU after start-up; vLLM may run out of "
+                             f"memory in its first full batch (measured on 80 GB cards, not on this one): serve.gpu_memory_utilization={fit.max_safe_utilization:.2f} is safer")
             elif not fit.fits:
                 problems.append(_memory_problem(fit, shape, hf_config, predict, fits_devices, serve, util_ok, pp))
 

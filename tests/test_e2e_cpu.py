@@ -34,13 +34,17 @@ def test_check_tp2_verifies_and_leaves_nothing_running(tmp_path, cache_dir):
     port = free_port()
     run_dir = tmp_path / "run"
     result = run_runner(
-        ["hw=cpu-2", "model=tiny-llama", "mode=check", "serve.tensor_parallel_size=2",
+        ["hw=cpu-2", "model=tiny-llama", "mode=check", "serve.tensor_parallel_size=2", "launch.collective_check=true",
          f"serve.port={port}", f"cache_dir={cache_dir}", f"hydra.run.dir={run_dir}"]
     )
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = load_manifest(run_dir)
     jsonschema.validate(manifest, SCHEMA)
     assert manifest["status"] == "verified"
+    # the preflight all-reduce ran over both ranks (gloo on the CPU), right, with a bandwidth
+    [attempt] = manifest["collective"]["attempts"]
+    assert manifest["collective"]["ok"] and attempt["backend"] == "gloo" and attempt["world"] == 2
+    assert attempt["correct"] and attempt["busbw_gbps"] > 0 and attempt["median_ms"] > 0
     assert manifest["plan"]["tensor_parallel_size"] == 2
     assert manifest["plan"]["env"]["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
     completion = manifest["verification"]["completion"]
@@ -64,14 +68,18 @@ def test_multirun_two_points_two_manifests(tmp_path, cache_dir):
     port = free_port()
     sweep_dir = tmp_path / "sweep"
     result = run_runner(
-        ["-m", "hw=cpu-2", "model=tiny-llama", "mode=check", "serve.tensor_parallel_size=1,2",
+        ["-m", "hw=cpu-2", "model=tiny-llama", "mode=check", "serve.tensor_parallel_size=3,1,2",
          f"serve.port={port}", f"cache_dir={cache_dir}", f"hydra.sweep.dir={sweep_dir}"]
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # the infeasible point is rejected (the sweep's exit code says so) and the sweep goes on
+    assert result.returncode == 2, result.stderr[-3000:]
     manifests = sorted(sweep_dir.glob("*/manifest.json"))
-    assert len(manifests) == 2
+    assert len(manifests) == 3
     by_tp = {m["plan"]["tensor_parallel_size"]: m for m in map(lambda p: json.loads(p.read_text()), manifests)}
-    assert set(by_tp) == {1, 2}
+    assert set(by_tp) == {1, 2, 3}
+    rejected = by_tp.pop(3)
+    assert rejected["status"] == "rejected" and rejected["timings"]["total_s"] < 1.0
+    assert any("num_attention_heads=4" in p["message"] and p["fix"] for p in rejected["problems"])
     assert all(m["status"] == "verified" for m in by_tp.values())
     assert by_tp[1]["plan"]["env"]["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
     assert processes_mentioning(f"--port {port}") == []
