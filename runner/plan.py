@@ -263,7 +263,8 @@ def _placement_record(chosen: "topology.Placement", matrix: "topology.TopoMatrix
         "reason": chosen.reason,
         "interconnect": chosen.interconnect,
         "worst_link": chosen.worst_link,
-        "same_numa": chosen.same_numa,
+        # None: the machine does not say (VMs often report NUMA node -1)
+        "same_numa": chosen.same_numa if any(n is not None for n in matrix.numa_nodes) or any(c is not None for c in matrix.cpu_affinities) else None,
         "skipped": {str(k): v for k, v in chosen.skipped.items()},
         "links": {f"{i}-{j}": matrix.link(i, j) for n, i in enumerate(chosen.devices) for j in chosen.devices[n + 1:]},
     }

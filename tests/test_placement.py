@@ -123,3 +123,13 @@ def test_nvlink_4gpu_profile_on_two_pcie_gpus_names_both_fixes(plan):
     assert {q.key for q in p.problems} == {"hw"}
     assert any("declares 4 GPUs but 2 are visible" in q.message for q in p.problems)
     assert any(q.fix == "hw=auto, or hw=pcie-2gpu" for q in p.problems)
+
+
+def test_cpu_ranks_are_bound_one_numa_node_each(plan):
+    # Two NUMA nodes whose CPUs interleave (node 0: even, node 1: odd), as many servers number them.
+    probe = HardwareProbe(cpus_allowed=tuple(range(8)), cpu_numa_nodes=((0, 2, 4, 6), (1, 3, 5, 7)), numa_nodes=2)
+    p = plan(["hw=auto", "model=tiny-llama", "serve.tensor_parallel_size=2"], probe)
+    assert p.device == "cpu" and p.env["VLLM_CPU_OMP_THREADS_BIND"] == "0,2,4,6|1,3,5,7"
+    # one node: plain contiguous blocks
+    flat = plan(["hw=auto", "model=tiny-llama", "serve.tensor_parallel_size=2"], HardwareProbe(cpus_allowed=tuple(range(8))))
+    assert flat.env["VLLM_CPU_OMP_THREADS_BIND"] == "0-3|4-7"
