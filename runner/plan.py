@@ -8,6 +8,7 @@ enumerate every profile × model × mode.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -397,6 +398,7 @@ def make_plan(
         problems.append(Problem("serve.gpu_memory_utilization", util, "must be in (0, 1]", "serve.gpu_memory_utilization=0.9"))
     util_ok = util if util and 0 < util <= 1 else None
     gpu_bytes, gpu_name, memory_source = _gpu_memory(hw, visible, planning_only)
+    predict = None
     if shape is not None:
         weights = _weights_bytes(shape, serve.dtype)
         estimate = {"parameters": shape.parameter_count(), "weights_gib": round(weights / GIB, 2)}
@@ -420,6 +422,12 @@ def make_plan(
                              f"memory in its first full batch (measured on 80 GB cards, not on this one): serve.gpu_memory_utilization={fit.max_safe_utilization:.2f} is safer")
             elif not fit.fits:
                 problems.append(_memory_problem(fit, shape, hf_config, predict, fits_devices, serve, util_ok, pp))
+    if predict is not None:
+        # A TP size the rules allow but the memory does not is no fix to offer.
+        fitting = [t for t in fits_devices if predict(t).fits]
+        if fitting and fitting != fits_devices:
+            old_fix = f"serve.tensor_parallel_size={_or_list(fits_devices)}"
+            problems = [dataclasses.replace(p, fix=f"serve.tensor_parallel_size={_or_list(fitting)}") if p.fix == old_fix else p for p in problems]
 
     # ---- which GPUs: placed by topology and free memory (runner/topology.py)
     world = tp * pp
