@@ -236,6 +236,39 @@ def predict(
     )
 
 
+def predict_cpu(
+    shape: ModelShape,
+    tp: int,
+    weights_bytes_total: int,
+    kv_space_gib: int,
+    *,
+    pp: int = 1,
+    max_model_len: Optional[int] = None,
+    kv_cache_dtype: Optional[str] = None,
+    dtype_bytes: int = 2,
+) -> MemoryFit:
+    """vLLM-CPU gives each rank exactly VLLM_CPU_KVCACHE_SPACE GiB of KV cache
+    (vllm/platforms/cpu.py: kv_cache_memory_bytes = space x GiB); no profiling is involved."""
+    length = max_model_len or shape.context_length or shape.max_position_embeddings or 2048
+    kv_bytes = KV_DTYPE_BYTES.get(kv_cache_dtype) or dtype_bytes
+    per_token = kv_bytes_per_token(shape, tp, pp, kv_bytes)
+    kv_cache = kv_space_gib * GIB
+    blocks = int(kv_cache // (per_token * BLOCK_SIZE))
+    tokens = blocks * BLOCK_SIZE
+    why = None
+    if kv_space_gib < 1:
+        why = "vLLM-CPU needs at least 1 GiB of KV cache per rank"
+    elif tokens < length:
+        why = f"the KV cache holds {tokens:,} tokens, fewer than max_model_len {length:,}"
+    return MemoryFit(
+        tensor_parallel_size=tp, gpu_total_gib=0.0, gpu_memory_utilization=0.0, requested_gib=float(kv_space_gib),
+        weights_gib_per_gpu=round(weights_bytes_total / (tp * pp) / GIB, 2), activation_peak_gib=0.0, non_torch_gib=0.0,
+        cuda_graph_gib=0.0, cuda_graphs_counted=False, headroom_gib=0.0, max_safe_utilization=0.0, oom_risk=False,
+        kv_cache_gib=float(kv_space_gib), kv_bytes_per_token=per_token, kv_cache_tokens=tokens, max_model_len=length,
+        max_concurrency=round(blocks / math.ceil(length / BLOCK_SIZE), 2), fits=why is None, why_not=why,
+    )
+
+
 # The model's KV-token predictions were within 3 % of vLLM's on every measured point; a
 # suggested max_model_len keeps 5 % below the prediction so that it still fits when vLLM
 # finds a little less room than predicted.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -422,6 +423,14 @@ def make_plan(
                              f"memory in its first full batch (measured on 80 GB cards, not on this one): serve.gpu_memory_utilization={fit.max_safe_utilization:.2f} is safer")
             elif not fit.fits:
                 problems.append(_memory_problem(fit, shape, hf_config, predict, fits_devices, serve, util_ok, pp))
+        elif device is Device.cpu:
+            fit = memory.predict_cpu(shape, tp, weights, hw.cpu_kvcache_space_gib, pp=pp, max_model_len=max_model_len_for(cfg),
+                                     kv_cache_dtype=serve.kv_cache_dtype)
+            estimate.update(fit=fit.to_dict(), memory_source=f"hw.cpu_kvcache_space_gib ({hw.cpu_kvcache_space_gib} GiB per rank)")
+            if not fit.fits and hw.cpu_kvcache_space_gib >= 1:
+                need = math.ceil(fit.max_model_len * fit.kv_bytes_per_token / GIB)
+                problems.append(Problem("serve.max_model_len", fit.max_model_len, fit.why_not,
+                                        f"hw.cpu_kvcache_space_gib={need}, or serve.max_model_len={memory.safe_max_model_len(fit) or memory.BLOCK_SIZE}"))
     if predict is not None:
         # A TP size the rules allow but the memory does not is no fix to offer.
         fitting = [t for t in fits_devices if predict(t).fits]

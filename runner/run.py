@@ -620,7 +620,12 @@ def _plan_text(plan: Plan) -> str:
         f"(TP={plan.tensor_parallel_size}, PP={plan.pipeline_parallel_size}, {plan.devices_available} available)",
     ]
     fit = plan.estimate.get("fit")
-    if fit:
+    if fit and plan.device == "cpu":
+        lines.append(
+            f"fit per rank ({plan.estimate.get('memory_source')}): weights {fit['weights_gib_per_gpu']:.2f} GiB, "
+            f"KV cache {fit['kv_cache_gib']:.2f} GiB = {fit['kv_cache_tokens']:,} tokens, {fit['max_concurrency']:.2f} requests of {fit['max_model_len']:,} tokens"
+        )
+    elif fit:
         lines.append(
             f"fit per GPU ({plan.estimate.get('memory_source')}): {fit['gpu_total_gib']:.2f} GiB x {fit['gpu_memory_utilization']:g} = "
             f"{fit['requested_gib']:.2f} GiB for vLLM: weights {fit['weights_gib_per_gpu']:.2f}, activations {fit['activation_peak_gib']:.2f}, "

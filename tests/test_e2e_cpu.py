@@ -52,6 +52,9 @@ def test_check_tp2_verifies_and_leaves_nothing_running(tmp_path, cache_dir):
     assert completion["completion_tokens"] == 8 and completion["prompt_tokens"] > 0
     assert manifest["verification"]["models"] == ["tiny-llama"]
     assert manifest["vllm_reported"]["kv_cache_tokens"] > 0
+    # vLLM-CPU's KV cache is exactly VLLM_CPU_KVCACHE_SPACE per rank: the plan predicts it to the token
+    check = manifest["fit_check"]["kv_cache_tokens"]
+    assert check["predicted"] == check["measured"] == manifest["vllm_reported"]["kv_cache_tokens"]
     assert manifest["versions"]["vllm"] and manifest["versions"]["torch"]
     timings = manifest["timings"]
     assert 0 < timings["overhead_before_spawn_s"] < timings["ready_s"] < timings["total_s"]

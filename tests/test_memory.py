@@ -143,3 +143,16 @@ def test_vllm_startup_report_is_read():
     profile = figures["memory_profile"]
     assert profile == {"free_gib": 77.64, "total_gib": 79.18, "gpu_memory_utilization": 0.92, "requested_gib": 72.84,
                        "weights_gib": 65.74, "activation_peak_gib": 1.15, "non_torch_gib": 0.06, "cuda_graph_gib": 1.51}
+
+
+def test_cpu_kv_cache_is_the_space_per_rank(plan_for):
+    cpu = HardwareProbe(cpus_allowed=(0, 1))
+    plan = plan_for(["hw=cpu-2", "model=tiny-llama"], cpu)
+    fit = plan.estimate["fit"]
+    # vLLM-CPU reported 4,194,304 tokens for this model at TP 2 with 1 GiB (docs/validation.md)
+    assert plan.ok and fit["kv_cache_tokens"] == 4_194_304 and fit["max_concurrency"] == 2048.0
+    # Llama-3.1-70B's 8192 tokens x 160 KiB per rank need more than 1 GiB: the space, or a shorter length
+    big = plan_for(["hw=cpu-2", "model=llama70b", "model.load_format=dummy"], cpu)
+    [problem] = big.problems
+    assert problem.key == "serve.max_model_len" and "6,544 tokens" in problem.message
+    assert problem.fix == "hw.cpu_kvcache_space_gib=2, or serve.max_model_len=6144"
