@@ -126,7 +126,9 @@ class ModelShape:
         else:
             norms, final_norm = 2 * h, h
         per_layer = attention + mlp + router + norms
-        embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        # vllm/model_executor/layers/vocab_parallel_embedding.py pads the vocabulary to 64
+        vocab = -(-self.vocab_size // 64) * 64
+        embeddings = vocab * h * (1 if self.tie_word_embeddings else 2)
         return embeddings + layers * per_layer + final_norm
 
 
@@ -259,6 +261,42 @@ def _tokenizer_files(hf_config: Dict[str, Any]) -> Dict[str, str]:
         "tokenizer.json": tok.to_str(),
         "tokenizer_config.json": json.dumps(tok_config, indent=2),
     }
+
+
+# safetensors' dtype names -> bytes per element
+_ST_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                   "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+
+
+def safetensors_weights(directory: Optional[str]) -> Optional[Dict[str, Any]]:
+    """What the checkpoint's *.safetensors files hold, from their headers alone (8-byte length
+    + JSON; no tensor is read): bytes, elements, and bytes per dtype. None without such files."""
+    if not directory or not os.path.isdir(directory):
+        return None
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        return None
+    total, elements, by_dtype = 0, 0, {}
+    try:
+        for path in files:
+            with open(path, "rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                if length > 100 * 2**20:
+                    return None  # not a safetensors header
+                header = json.loads(f.read(length))
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                start, end = info["data_offsets"]
+                count = 1
+                for dim in info["shape"]:
+                    count *= int(dim)
+                total += end - start
+                elements += count
+                by_dtype[info["dtype"]] = by_dtype.get(info["dtype"], 0) + end - start
+    except (OSError, ValueError, KeyError, struct.error):
+        return None
+    return {"bytes": total, "elements": elements, "bytes_by_dtype": by_dtype, "files": len(files)}
 
 
 def _random_safetensors(hf_config: Dict[str, Any], seed: int) -> bytes:

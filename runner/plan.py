@@ -219,6 +219,20 @@ def _memory_problem(fit: memory.MemoryFit, shape: ModelShape, hf_config, predict
     return Problem(key, value, what, ", or ".join(fixes) if fixes else "more or larger GPUs, or a quantized model")
 
 
+_FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+
+
+def _weights_from_disk(on_disk: Mapping[str, Any], dtype: str) -> int:
+    """The checkpoint's bytes, with floating-point tensors converted to serve.dtype if set."""
+    if dtype in ("auto", None) or dtype not in DTYPE_BYTES:
+        return int(on_disk["bytes"])
+    target = DTYPE_BYTES[dtype]
+    total = 0
+    for name, size in on_disk.get("bytes_by_dtype", {}).items():
+        total += size * target // _FLOAT_DTYPES[name] if name in _FLOAT_DTYPES else size
+    return int(total)
+
+
 def _weights_bytes(shape: ModelShape, dtype: str) -> int:
     key = dtype if dtype != "auto" else (shape.torch_dtype or "bfloat16")
     return shape.parameter_count() * DTYPE_BYTES.get(str(key), 2)
@@ -279,7 +293,10 @@ def make_plan(
     vllm_version: Optional[str],
     inherited_env: Mapping[str, str],
     python: str = "python",
+    weights_on_disk: Optional[Mapping[str, Any]] = None,
 ) -> Plan:
+    """weights_on_disk: models.safetensors_weights() of the model directory, when it has
+    safetensors files: their exact size replaces the estimate from the parameter count."""
     hw, model, serve = cfg.hw, cfg.model, cfg.serve
     problems: List[Problem] = []
     notes: List[str] = []
@@ -402,8 +419,14 @@ def make_plan(
     predict = None
     if shape is not None:
         weights = _weights_bytes(shape, serve.dtype)
-        estimate = {"parameters": shape.parameter_count(), "weights_gib": round(weights / GIB, 2)}
-        if device is Device.cuda and gpu_bytes and serve.quantization is None:
+        weights_source = "parameter count"
+        if weights_on_disk:
+            weights, weights_source = _weights_from_disk(weights_on_disk, serve.dtype), "safetensors headers"
+        estimate = {"parameters": shape.parameter_count(), "weights_gib": round(weights / GIB, 2), "weights_source": weights_source}
+        quantized = serve.quantization is not None or bool((hf_config or {}).get("quantization_config"))
+        if quantized and not weights_on_disk:
+            notes.append("memory not predicted: a quantized model's weights are sized from its safetensors files, and none are here")
+        if device is Device.cuda and gpu_bytes and (not quantized or weights_on_disk):
             limit = max(available // pp, 1)
             memory_version = vllm_version
             if planning_only and not visible:

@@ -185,7 +185,8 @@ class Run:
             preflight.append(Problem("launch.python", python, "no such interpreter", "launch.python=/path/to/python-with-vllm, or leave it unset"))
         else:
             version = _vllm_version_for(python) if launching else compat.installed_vllm()[1]
-        plan = make_plan(cfg, probe, hf_config, version, os.environ, python=python)
+        on_disk = models.safetensors_weights(models.model_dir(cfg.model, cfg.cache_dir))
+        plan = make_plan(cfg, probe, hf_config, version, os.environ, python=python, weights_on_disk=on_disk)
         self.probe, self.hf_config, self.versions["vllm"] = probe, hf_config, version
         # A missing interpreter is said once, by the preflight, not again as "no vLLM".
         said = {p.key for p in preflight}

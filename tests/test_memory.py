@@ -156,3 +156,37 @@ def test_cpu_kv_cache_is_the_space_per_rank(plan_for):
     [problem] = big.problems
     assert problem.key == "serve.max_model_len" and "6,544 tokens" in problem.message
     assert problem.fix == "hw.cpu_kvcache_space_gib=2, or serve.max_model_len=6144"
+
+
+def test_weights_come_from_safetensors_headers_when_on_disk(compose, tmp_path):
+    from runner import models
+
+    cfg = OmegaConf.to_object(compose(["hw=nvlink-2gpu", "model=tiny-llama", "mode=plan", f"cache_dir={tmp_path}"]))
+    path = models.materialise(cfg.model, cfg.cache_dir)
+    on_disk = models.safetensors_weights(path)
+    size = (Path(path) / "model.safetensors").stat().st_size
+    # the tensors' bytes are the file minus its 8-byte length and JSON header
+    assert 0 < size - on_disk["bytes"] < 4096 and on_disk["bytes_by_dtype"] == {"BF16": on_disk["bytes"]}
+    assert on_disk["elements"] * 2 == on_disk["bytes"]
+    probe = HardwareProbe()
+    plan = make_plan(cfg, probe, dict(cfg.model.hf_config), "0.26.0", {}, weights_on_disk=on_disk)
+    assert plan.estimate["weights_source"] == "safetensors headers"
+    assert plan.estimate["fit"]["weights_gib_per_gpu"] == round(on_disk["bytes"] / 2 / GIB, 2)
+    # serve.dtype=float32 doubles the floating-point tensors
+    f32 = OmegaConf.to_object(compose(["hw=nvlink-2gpu", "model=tiny-llama", "mode=plan", f"cache_dir={tmp_path}", "serve.dtype=float32"]))
+    plan32 = make_plan(f32, probe, dict(f32.model.hf_config), "0.26.0", {}, weights_on_disk=on_disk)
+    assert plan32.estimate["weights_gib"] == round(2 * on_disk["bytes"] / GIB, 2)
+    assert models.safetensors_weights(str(tmp_path)) is None
+
+
+def test_a_quantized_model_without_files_is_not_sized_from_its_parameter_count(compose, probe_h100x4):
+    # 4-bit weights are about a quarter of what the parameter count says: without the files, no guess
+    awq = {k: v for k, v in json.loads((FIXTURES / "hf_configs" / "qwen2.5-72b-instruct-awq.json").read_text()).items() if not k.startswith("_")}
+    cfg = OmegaConf.to_object(compose(["hw=auto", "model=qwen2.5-72b", "model.load_format=dummy", "mode=check",
+                                       "serve.tensor_parallel_size=1", "cache_dir=/nonexistent"]))
+    plan = make_plan(cfg, probe_h100x4, awq, "0.26.0", {})
+    assert "fit" not in plan.estimate and plan.ok
+    assert any("memory not predicted" in n for n in plan.notes)
+    # the same shape unquantized does not fit on one GPU, so the skip is what let it pass
+    plain = make_plan(cfg, probe_h100x4, {k: v for k, v in awq.items() if k != "quantization_config"}, "0.26.0", {})
+    assert not plain.ok

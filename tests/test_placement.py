@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from runner.plan import make_plan
 from runner.probe import Gpu, HardwareProbe
-from runner.topology import parse_p2p_matrix
+from runner.topology import parse_p2p_matrix, strip_ansi
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOPO = FIXTURES / "topology"
@@ -37,7 +37,7 @@ def probe_from_nvml_capture(free_gib: Optional[Sequence[float]] = None, mask: Op
 def probe_from_topo(name: str, gpu_name: str, total_gib: float, cc=(8, 9), p2p: Optional[str] = None) -> HardwareProbe:
     """A machine seen only through nvidia-smi (no NVML pairs): the topology text is parsed."""
     text = (TOPO / f"{name}_topo_m.txt").read_text()
-    count = len(re.findall(r"\bGPU\d+\b", text.splitlines()[0]))
+    count = len(re.findall(r"\bGPU\d+\b", strip_ansi(text).splitlines()[0]))
     gpus = tuple(Gpu(index=i, name=gpu_name, pci_bus_id=f"00000000:{i + 1:02x}:00.0", memory_total_bytes=int(total_gib * GIB),
                      memory_free_bytes=int(total_gib * GIB) - 300 * 2**20, compute_capability=cc) for i in range(count))
     return HardwareProbe(gpus=gpus, cpus_allowed=tuple(range(64)), source="nvidia-smi", topology_matrix=text,
@@ -133,3 +133,11 @@ def test_cpu_ranks_are_bound_one_numa_node_each(plan):
     # one node: plain contiguous blocks
     flat = plan(["hw=auto", "model=tiny-llama", "serve.tensor_parallel_size=2"], HardwareProbe(cpus_allowed=tuple(range(8))))
     assert flat.env["VLLM_CPU_OMP_THREADS_BIND"] == "0-3|4-7"
+
+
+def test_h100x2_capture_parses_and_places_the_pair(plan):
+    # The nvidia-h100-x2 device machine's matrix, as the runner stored it in a manifest.
+    probe = probe_from_topo("h100x2", "NVIDIA H100 80GB HBM3", 79.65, cc=(9, 0))
+    p = plan(["hw=auto", "model=llama70b", "serve.tensor_parallel_size=2"], probe)
+    assert p.ok and p.devices == (0, 1) and p.placement["links"] == {"0-1": "NV18"}
+    assert p.placement["same_numa"] is True  # "NUMA Affinity 0" for both in the matrix
