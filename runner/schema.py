@@ -56,6 +56,30 @@ class HwConfig:
     cpu_cores: Optional[int] = None
     cpu_kvcache_space_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE; vLLM parses it as an integer
     env: Dict[str, str] = field(default_factory=dict)
+    # ---- past one machine (runner/multinode.py; docs/multinode.md)
+    # Machines in the cluster. 1: everything above describes this machine alone. >1: vLLM
+    # runs on Ray (--distributed-executor-backend ray), TP inside a node, PP across nodes.
+    nodes: int = 1
+    # Devices on each node: GPUs, or CPU ranks (one core each) on device=cpu. None: gpu_count
+    # (cpu_cores on the CPU). gpu_count stays what *this* machine (the Ray head) has, which
+    # is what the probe checks before launch.
+    gpus_per_node: Optional[int] = None
+    # How the nodes reach each other: "infiniband" (NCCL over IB verbs / RoCE) or "ethernet"
+    # (NCCL over TCP sockets, with IB switched off). None: unknown, NCCL picks.
+    node_interconnect: Optional[str] = None
+    # The network interface NCCL and gloo bind to on every node (NCCL_SOCKET_IFNAME,
+    # GLOO_SOCKET_IFNAME): ib0, eth0, lo for a loopback rehearsal. None: let them guess,
+    # which on multi-homed nodes is often the wrong (docker, management) interface.
+    network_interface: Optional[str] = None
+    # Attach to this Ray cluster (host:port of `ray start --head`, or "auto"). None: a single
+    # node, or one the runner tells you how to start (runner.multinode.ray_start_commands).
+    ray_address: Optional[str] = None
+    # Each node's IP, the head (where the runner and the API server run) first. Each node's
+    # VLLM_HOST_IP and `ray start --node-ip-address`. Empty: placeholders in the commands.
+    node_ips: List[str] = field(default_factory=list)
+    # SLURM job settings for `-m hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml reads
+    # them): partition, time_min, gpus_per_node, account, qos, cpus_per_task, mem_gb, …
+    slurm: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

