@@ -33,6 +33,10 @@ MANAGED_FLAGS = {
     "gpu_memory_utilization": "serve.gpu_memory_utilization", "trust_remote_code": "serve.trust_remote_code",
 }
 DEFAULT_GPU_MEMORY_UTILIZATION = memory.DEFAULT_GPU_MEMORY_UTILIZATION
+# Memory bandwidth per GPU (GB/s, the makers' figures) for hw=auto, by NVML name: the sweep
+# report's roofline fraction. A profile's hw.memory_bandwidth_gbps wins.
+KNOWN_BANDWIDTH_GBPS = {"H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100 NVL": 3900, "H200": 4800, "A100-SXM4-80GB": 2039,
+                        "A100-SXM4-40GB": 1555, "A100 80GB PCIe": 1935, "L40S": 864, "L4": 300, "RTX 6000 Ada": 960}
 # Variables that say NVLink multicast is switched off on this machine.
 MULTICAST_OFF_SIGNS = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
 
@@ -445,6 +449,9 @@ def make_plan(
             predict = _predictor(shape, weights, gpu_bytes, gpu_name, pp, serve, util_ok, max_model_len_for(cfg), memory_version)
             fit = predict(tp)
             estimate.update(fit=fit.to_dict(), memory_source=memory_source, memory_vllm=memory_version)
+            bandwidth = hw.memory_bandwidth_gbps or next((v for k, v in KNOWN_BANDWIDTH_GBPS.items() if gpu_name and k in gpu_name), None)
+            if bandwidth:
+                estimate["memory_bandwidth_gbps"] = bandwidth
             if memory_version != vllm_version and fit.cuda_graph_gib:
                 notes.append(f"memory predicted for vLLM {memory_version} (the release it is calibrated on): vLLM 0.27+ also sets "
                              f"the CUDA graphs' ~{fit.cuda_graph_gib:.2f} GiB per GPU aside, out of the KV cache")

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import compat, doctor, equivalence, logs, models, multinode, process, vllm_log
+from runner import bench, compat, doctor, equivalence, logs, models, multinode, process, vllm_log
 from runner.manifest import (
     RUNTIME_PROBE,
     dist_version,
@@ -263,6 +263,41 @@ class Run:
         record["env"] = redact_env(plan.env)
         return record
 
+    def run_benchmarks(self, plan: Plan) -> None:
+        """vLLM's own `vllm bench serve` against this server, once per concurrency
+        (runner/bench.py); its result files stay in the run dir, the key figures go to the
+        manifest. A benchmark that fails fails the run (bench_failed), after the others."""
+        cfg = self.cfg
+        workload = dataclasses.asdict(cfg.bench)
+        workload["request_rate"] = workload["request_rate"] or "inf"
+        results: List[Dict[str, Any]] = []
+        self.manifest["bench"] = {"workload": workload, "results": results}
+        env = {**os.environ, **plan.env}
+        if self.api_key:
+            env["OPENAI_API_KEY"] = self.api_key  # vLLM's bench client sends it as the bearer token
+        started = time.time()
+        for concurrency in cfg.bench.concurrencies:
+            argv = bench.bench_argv(plan.argv[0], plan.url, plan.model_name, str(plan.model_path), workload, concurrency,
+                                    self.run_dir / "bench", f"c{concurrency}.json")
+            log.info("bench", concurrency=concurrency, prompts=workload["num_prompts"], input_len=workload["input_len"], output_len=workload["output_len"])
+            try:
+                figures = bench.run_bench(argv, env, cfg.bench.timeout_s, self.run_dir / "bench.log")
+            except bench.BenchError as exc:
+                results.append({"concurrency": concurrency, "error": str(exc)})
+                log.error("bench failed", concurrency=concurrency, error=str(exc))
+                continue
+            figures["result_file"] = os.path.relpath(figures["result_file"], self.run_dir)
+            figures.pop("log", None)
+            results.append(figures)
+            log.info("bench done", concurrency=concurrency, output_tok_s=figures.get("output_throughput"),
+                     median_ttft_ms=figures.get("median_ttft_ms"), median_tpot_ms=figures.get("median_tpot_ms"),
+                     failed=figures.get("failed"))
+        self.timings["bench_s"] = round(time.time() - started, 3)
+        broken = [r for r in results if "error" in r or r.get("failed")]
+        if broken:
+            raise RunFailed("bench", f"{len(broken)} of {len(results)} benchmark(s) failed: {broken[0].get('error') or str(broken[0].get('failed')) + ' failed requests'}",
+                            "bench_failed", f"read {self.run_dir / 'bench.log'}")
+
     def collective_check(self, plan: Plan) -> Plan:
         """All-reduce over the plan's devices before vLLM starts (runner/collective.py).
 
@@ -450,6 +485,10 @@ class Run:
 
 
 def execute(cfg_node: DictConfig, run_dir: Path, process_start: float, sweep: bool = False) -> int:
+    mode = getattr(cfg_node.mode, "value", cfg_node.mode)
+    if cfg_node.get("resume") and (previous := _verified_before(Path(run_dir), str(mode))):
+        print(f"resume: {run_dir} already holds a verified {mode} run ({previous}); skipped")
+        return EXIT_OK
     run = Run(cfg_node, run_dir, process_start)
     # TP equivalence: on by default in sweeps (verify.tp_equivalence=null), else as set.
     wanted = run.cfg.verify.tp_equivalence
@@ -461,6 +500,17 @@ def execute(cfg_node: DictConfig, run_dir: Path, process_start: float, sweep: bo
         if run.server is not None:  # an exception we did not expect: never leave vLLM behind
             run.stop()
         logs.log_to_run_dir(None)
+
+
+def _verified_before(run_dir: Path, mode: str) -> Optional[str]:
+    """When this run dir's manifest is a verified run of this mode: when it finished."""
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("status") == "verified" and manifest.get("mode") == mode:
+        return manifest.get("finished_at") or "earlier"
+    return None
 
 
 def _failure(run: Run, stage: str, reason: str, cause: Optional[str], fix: Optional[str]) -> Dict[str, Any]:
@@ -564,11 +614,23 @@ def _execute(run: Run) -> int:
         stage = "verify" if "ready_s" in run.timings else "start-up"
         return _fail(run, _failure(run, stage, f"{name} received; vLLM stopped", "interrupted", "run it again"), code)
 
-    if cfg.mode is Mode.check:
+    if cfg.mode is Mode.bench:
+        try:
+            run.run_benchmarks(plan)
+        except RunFailed as failure:
+            return _fail(run, _failure(run, failure.stage, failure.reason, failure.cause, failure.fix), EXIT_FAILED)
+        except KeyboardInterrupt as interrupt:
+            name, code = _interrupt_code(interrupt)
+            return _fail(run, _failure(run, "bench", f"{name} received; vLLM stopped", "interrupted", "run it again"), code)
+
+    if cfg.mode in (Mode.check, Mode.bench):
         teardown = run.stop()
         code = EXIT_OK if teardown and not teardown["survivors"] else EXIT_FAILED
         run.write_manifest("verified" if code == EXIT_OK else "failed", code, teardown=teardown)
         print(f"verified {plan.model_name} at TP={plan.tensor_parallel_size} in {run.timings['ready_s']:.1f} s; manifest: {run.run_dir / 'manifest.json'}")
+        for r in (run.manifest.get("bench") or {}).get("results", []):
+            print(f"bench c={r['concurrency']}: {r.get('output_throughput') or 0:.1f} output tok/s, median TTFT {r.get('median_ttft_ms') or 0:.1f} ms, "
+                  f"median TPOT {r.get('median_tpot_ms') or 0:.2f} ms, {r.get('completed')} ok / {r.get('failed')} failed")
         return code
 
     # mode=serve: keep serving until Ctrl-C / SIGTERM, or until vLLM dies.

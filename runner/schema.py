@@ -19,6 +19,7 @@ class Mode(str, enum.Enum):
     check = "check"  # launch, verify, write the manifest, stop
     plan = "plan"  # resolve and validate only; nothing is launched
     doctor = "doctor"  # plan + the machine's own checks (vLLM imports, CUDA, /dev/shm, …)
+    bench = "bench"  # check, then vLLM's own `vllm bench serve` against the server, then stop
 
 
 class Device(str, enum.Enum):
@@ -80,6 +81,9 @@ class HwConfig:
     # SLURM job settings for `-m hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml reads
     # them): partition, time_min, gpus_per_node, account, qos, cpus_per_task, mem_gb, …
     slurm: Dict[str, Any] = field(default_factory=dict)
+    # Each GPU's memory bandwidth in GB/s (decimal), for the sweep report's roofline
+    # fraction: H100 SXM 3350, L40S 864. None: the report leaves that column empty.
+    memory_bandwidth_gbps: Optional[float] = None
 
 
 @dataclass
@@ -158,13 +162,33 @@ class LaunchConfig:
 
 
 @dataclass
+class BenchConfig:
+    """mode=bench's workload for vLLM's own `vllm bench serve` (runner/bench.py)."""
+
+    dataset: str = "random"  # the only one: needs no download
+    input_len: int = 1024
+    output_len: int = 128
+    num_prompts: int = 200
+    # one benchmark per concurrency, each with num_prompts requests
+    concurrencies: List[int] = field(default_factory=lambda: [1, 8, 32])
+    ignore_eos: bool = True  # every request makes output_len tokens
+    seed: int = 0
+    request_rate: Optional[float] = None  # None: all at once, the concurrency alone sets the load
+    timeout_s: float = 1800.0  # per concurrency
+
+
+@dataclass
 class RunnerConfig:
     hw: HwConfig = MISSING
     model: ModelConfig = MISSING
     serve: ServeConfig = field(default_factory=ServeConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     mode: Mode = Mode.serve
+    # Skip the run when its directory already holds a verified manifest of the same mode
+    # (re-running a sweep with a fixed hydra.sweep.dir picks up where it stopped).
+    resume: bool = False
     # Generated and materialised model directories live here.
     cache_dir: str = "~/.cache/vllm-tp-runner"
 
@@ -181,9 +205,11 @@ def register_configs() -> None:
     cs.store(group="hw", name="base_hw", node=HwConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="serve", name="base_serve", node=ServeConfig)
+    cs.store(group="bench", name="base_bench", node=BenchConfig)
 
 
 __all__: List[str] = [
+    "BenchConfig",
     "Device",
     "HwConfig",
     "Interconnect",
