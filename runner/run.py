@@ -354,6 +354,12 @@ class Run:
             self.manifest["hardware"]["topology_matrix"] = topology_matrix()
 
     def wait_ready(self, plan: Plan, server: Optional[process.Server] = None) -> float:
+        try:
+            return self._wait_ready(plan, server)
+        finally:
+            _status_line(None)
+
+    def _wait_ready(self, plan: Plan, server: Optional[process.Server] = None) -> float:
         """process alive → /health answers 200 → /v1/models lists the served name.
 
         Returns the seconds from spawn to ready; the main server's stages go to the timings."""
@@ -372,8 +378,10 @@ class Run:
                 raise RunFailed("start-up", f"not ready after {limit:.0f} s", "startup_timeout", f"verify.ready_timeout_s={max(2 * limit, 60):.0f} (vLLM was still at: {last_stage or 'starting'})")
             stage = vllm_log.current_stage(server.log_tail(200))
             if stage and stage != last_stage:
+                _status_line(None)
                 log.info("vllm stage", stage=stage, elapsed_s=round(time.time() - server.started_at, 1), server="main" if main else "reference")
                 last_stage = stage
+            _status_line(f"vLLM {'(reference) ' if not main else ''}{last_stage or 'starting'} … {time.time() - server.started_at:.0f} s")
             if health_at is None:
                 if process.http_ok(plan.url + "/health"):
                     health_at = time.time()
@@ -383,6 +391,7 @@ class Run:
                 try:
                     listed = process.http_json(plan.url + "/v1/models", timeout=5, api_key=self.api_key)
                     if any(m.get("id") == plan.model_name for m in listed.get("data", [])):
+                        _status_line(None)
                         ready = round(time.time() - server.started_at, 3)
                         if main:
                             self.timings["ready_s"] = ready
@@ -500,6 +509,14 @@ def execute(cfg_node: DictConfig, run_dir: Path, process_start: float, sweep: bo
         if run.server is not None:  # an exception we did not expect: never leave vLLM behind
             run.stop()
         logs.log_to_run_dir(None)
+
+
+def _status_line(text: Optional[str]) -> None:
+    """A live status line on an interactive terminal (nothing in logs or pipes); None clears it."""
+    if not sys.stderr.isatty():
+        return
+    sys.stderr.write("\r\x1b[2K" + (text or ""))
+    sys.stderr.flush()
 
 
 def _verified_before(run_dir: Path, mode: str) -> Optional[str]:
