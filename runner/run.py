@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import bench, compat, doctor, equivalence, logs, models, multinode, process, vllm_log
+from runner import bench, compat, doctor, equivalence, logs, models, multinode, process, slurm, vllm_log
 from runner.manifest import (
     RUNTIME_PROBE,
     dist_version,
@@ -494,6 +494,34 @@ class Run:
 
 
 def execute(cfg_node: DictConfig, run_dir: Path, process_start: float, sweep: bool = False) -> int:
+    job = slurm.role(os.environ) if cfg_node.hw.nodes > 1 else None
+    if job is None:
+        return _execute_here(cfg_node, run_dir, process_start, sweep)
+    # A multi-node SLURM job: the first node starts Ray's head and runs the point, the others
+    # join it as Ray workers until the job ends (runner/slurm.py).
+    device = "cpu" if getattr(cfg_node.hw.device, "value", cfg_node.hw.device) == "cpu" else "cuda"
+    devices = multinode.devices_per_node(cfg_node.hw) or 1
+    code = slurm.run(slurm.ray_argv(job, devices, device), os.environ)
+    if not job.is_head:
+        return code
+    if code != 0:
+        print(f"error: ray start --head failed on {job.head} (exit {code}). Fix: read the lines above; is ray installed (pip install -e '.[multinode]')?", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        deadline = time.time() + 300
+        while True:  # the workers start at the same time as this node: wait for them to join
+            summary, _ = multinode.check_ray_cluster(job.address, devices * job.nodes, device=device, expect_nodes=job.nodes)
+            if summary.get("alive_nodes", 0) >= job.nodes or time.time() > deadline:
+                break
+            time.sleep(5)
+        cfg_node.hw.ray_address = job.address
+        cfg_node.hw.node_ips = list(job.hosts)
+        return _execute_here(cfg_node, run_dir, process_start, sweep)
+    finally:
+        slurm.run(["ray", "stop"], os.environ)
+
+
+def _execute_here(cfg_node: DictConfig, run_dir: Path, process_start: float, sweep: bool = False) -> int:
     mode = getattr(cfg_node.mode, "value", cfg_node.mode)
     if cfg_node.get("resume") and (previous := _verified_before(Path(run_dir), str(mode))):
         print(f"resume: {run_dir} already holds a verified {mode} run ({previous}); skipped")
