@@ -217,7 +217,7 @@ RESULT_FIELDS = {
 }
 
 
-def _number(value: Any) -> Optional[float]:
+def finite_number(value: Any) -> Optional[float]:
     """A finite float, else None (vLLM's json.dump may write NaN; a manifest must not)."""
     if isinstance(value, bool) or value is None:
         return None
@@ -247,7 +247,7 @@ def read_result(path: Path) -> Dict[str, Any]:
         "num_prompts": raw.get("num_prompts"),
     }
     for ours, theirs in RESULT_FIELDS.items():
-        out[ours] = _number(raw.get(theirs))
+        out[ours] = finite_number(raw.get(theirs))
     for key in ("completed", "failed", "num_prompts", "concurrency", "total_input_tokens", "total_output_tokens"):
         if out[key] is not None:
             out[key] = int(out[key])
@@ -407,7 +407,7 @@ def roofline_fraction(
     pipeline parallelism (pass tp as the GPUs that read one step's weights in parallel).
     Returns None when an input is missing or not positive."""
     values = (output_tokens_per_s, weight_bytes_total, tp, bandwidth_gbps_per_gpu, concurrency)
-    if any(_number(v) is None for v in values):
+    if any(finite_number(v) is None for v in values):
         return None
     if not (output_tokens_per_s >= 0 and weight_bytes_total > 0 and tp > 0 and bandwidth_gbps_per_gpu > 0 and concurrency > 0):
         return None

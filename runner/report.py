@@ -34,14 +34,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from hydra.experimental.callback import Callback
 
-from runner.bench import roofline_fraction
+from runner.bench import finite_number, roofline_fraction
 
 COLUMNS = [
     "point", "variant", "model", "hw", "gpu", "tp", "pp", "status", "reason", "ready_s", "kv_cache_tokens",
@@ -85,18 +84,8 @@ def _get(tree: Any, *keys: str) -> Any:
     return tree
 
 
-def _num(value: Any) -> Optional[float]:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _int(value: Any) -> Optional[int]:
-    f = _num(value)
+    f = finite_number(value)
     return int(f) if f is not None else None
 
 
@@ -168,7 +157,7 @@ def point_rows(manifest: Mapping, point: str, variant: str = "") -> List[Dict[st
         "pp": pp,
         "status": manifest.get("status") or "unknown",
         "reason": _reason(manifest),
-        "ready_s": _num(_get(manifest, "timings", "ready_s")),
+        "ready_s": finite_number(_get(manifest, "timings", "ready_s")),
         "kv_cache_tokens": _int(_get(manifest, "vllm_reported", "kv_cache_tokens")),
         "run_dir": manifest.get("run_dir") or "",
     }
@@ -179,8 +168,8 @@ def point_rows(manifest: Mapping, point: str, variant: str = "") -> List[Dict[st
         if base["status"] == "verified" and bench_error:
             row["reason"] = f"bench: {bench_error}"
         return [row]
-    weights_gib = _num(_get(manifest, "fit", "weights_gib_per_gpu"))
-    bandwidth = _num(_get(config, "hw", "memory_bandwidth_gbps")) or _num(_get(manifest, "plan", "estimate", "memory_bandwidth_gbps"))
+    weights_gib = finite_number(_get(manifest, "fit", "weights_gib_per_gpu"))
+    bandwidth = finite_number(_get(config, "hw", "memory_bandwidth_gbps")) or finite_number(_get(manifest, "plan", "estimate", "memory_bandwidth_gbps"))
     gpus = (tp or 0) * pp
     rows = []
     for result in results:
@@ -194,7 +183,7 @@ def point_rows(manifest: Mapping, point: str, variant: str = "") -> List[Dict[st
             continue
         for key in BENCH_FIGURES:
             value = result.get(key)
-            row[key] = _int(value) if key in ("num_prompts", "completed", "failed") else _num(value)
+            row[key] = _int(value) if key in ("num_prompts", "completed", "failed") else finite_number(value)
         out = row["output_throughput"]
         if out is not None and gpus:
             row["output_throughput_per_gpu"] = out / gpus

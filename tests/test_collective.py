@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from runner import process
 from runner import run as run_module
