@@ -193,7 +193,7 @@ def _predictor(shape: ModelShape, weights: int, gpu_bytes: int, gpu_name: Option
     return predict
 
 
-def _memory_problem(fit: memory.MemoryFit, shape: ModelShape, hf_config, predict, valid_tps: Sequence[int], serve, util: Optional[float], pp: int) -> Problem:
+def _memory_problem(fit: memory.MemoryFit, predict, valid_tps: Sequence[int], serve, util: Optional[float]) -> Problem:
     """What does not fit, and every override that would make it fit (smallest change first)."""
     fixes: List[str] = []
     bigger = [t for t in valid_tps if t > fit.tensor_parallel_size and predict(t).fits]
@@ -207,16 +207,17 @@ def _memory_problem(fit: memory.MemoryFit, shape: ModelShape, hf_config, predict
         fixes.append("serve.kv_cache_dtype=fp8")
     current = util or memory.DEFAULT_GPU_MEMORY_UTILIZATION
     safe = fit.max_safe_utilization
-    if weights_fit and fit.headroom_gib >= 0 and safe > current and predict(fit.tensor_parallel_size, gpu_memory_utilization=safe).fits:
-        fixes.append(f"serve.gpu_memory_utilization={safe:.2f}")
-    if fit.why_not and fit.why_not.startswith("out of memory"):
+    out_of_memory = bool(fit.why_not and fit.why_not.startswith("out of memory"))
+    if out_of_memory:
         fixes.insert(0, f"serve.gpu_memory_utilization={safe:.2f}")
+    elif weights_fit and safe > current and predict(fit.tensor_parallel_size, gpu_memory_utilization=safe).fits:
+        fixes.append(f"serve.gpu_memory_utilization={safe:.2f}")
     if not weights_fit:
         key, value = "serve.tensor_parallel_size", fit.tensor_parallel_size
         what = f"{fit.why_not} ({fit.gpu_total_gib:.1f} GiB x {fit.gpu_memory_utilization:g})"
     elif fit.kv_cache_gib <= 0:
         key, value, what = "serve.tensor_parallel_size", fit.tensor_parallel_size, fit.why_not
-    elif fit.why_not and fit.why_not.startswith("out of memory"):
+    elif out_of_memory:
         key, value, what = "serve.gpu_memory_utilization", fit.gpu_memory_utilization, fit.why_not
     else:
         key, value = "serve.max_model_len", fit.max_model_len
@@ -462,7 +463,7 @@ def make_plan(
                 notes.append(f"WARNING: only {fit.headroom_gib:.2f} GiB would stay free on each GPU after start-up; vLLM may run out of "
                              f"memory in its first full batch (measured on 80 GB cards, not on this one): serve.gpu_memory_utilization={fit.max_safe_utilization:.2f} is safer")
             elif not fit.fits:
-                problems.append(_memory_problem(fit, shape, hf_config, predict, fits_devices, serve, util_ok, pp))
+                problems.append(_memory_problem(fit, predict, fits_devices, serve, util_ok))
         elif device is Device.cpu:
             fit = memory.predict_cpu(shape, tp, weights, hw.cpu_kvcache_space_gib, pp=pp, max_model_len=max_model_len_for(cfg),
                                      kv_cache_dtype=serve.kv_cache_dtype)
