@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from runner.process import file_tail, group_members, killpg
 
 VLLM_CLI_MODULE = "vllm.entrypoints.cli.main"
 
@@ -274,57 +275,27 @@ def result_path(argv: Sequence[str]) -> Path:
     return Path(folder) / name if folder else Path(name)
 
 
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _group_alive(pgid: int) -> List[int]:
-    """Live members of process group pgid (zombies don't count), read from /proc."""
-    alive = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            alive.append(int(entry))
-    return alive
-
-
 def _end_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
     """SIGTERM the whole group, then SIGKILL whatever is left; reap the leader."""
     pgid = proc.pid
-    _killpg(pgid, signal.SIGTERM)
+    killpg(pgid, signal.SIGTERM)
     deadline = time.time() + grace_s
-    while time.time() < deadline and (proc.poll() is None or _group_alive(pgid)):
+    while time.time() < deadline and (proc.poll() is None or group_members(pgid)):
         time.sleep(0.1)
-    if proc.poll() is None or _group_alive(pgid):
-        _killpg(pgid, signal.SIGKILL)
+    if proc.poll() is None or group_members(pgid):
+        killpg(pgid, signal.SIGKILL)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
     deadline = time.time() + 5
-    while time.time() < deadline and _group_alive(pgid):
+    while time.time() < deadline and group_members(pgid):
         time.sleep(0.1)
 
 
-def _tail(path: Path, lines: int = 25, window: int = 32 * 1024) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(f.tell() - window, 0))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
+def _tail(path: Path, lines: int = 25) -> str:
     # tqdm redraws with \r: keep the last state of each line
-    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines()[-lines:])
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in file_tail(path, lines, 32 * 1024).splitlines())
 
 
 def run_bench(argv: Sequence[str], env: Mapping[str, str], timeout_s: float, log_path: Path) -> Dict[str, Any]:
@@ -361,7 +332,7 @@ def run_bench(argv: Sequence[str], env: Mapping[str, str], timeout_s: float, log
             _end_group(proc)
             raise
         finally:
-            if proc.poll() is None or _group_alive(proc.pid):
+            if proc.poll() is None or group_members(proc.pid):
                 _end_group(proc)
     wall_s = round(time.time() - t0, 3)
     if code != 0:

@@ -156,14 +156,7 @@ class Server:
 
     def log_tail(self, lines: int = 40, window: int = 64 * 1024) -> str:
         """The last lines of vllm.log, read from its last ``window`` bytes."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(f.tell() - window, 0))
-                text = f.read().decode(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return file_tail(self.log_path, lines, window)
 
     def stop(self, grace_s: float = 20.0) -> StopReport:
         """Stop the server the way vLLM expects, then make sure the whole group is gone.
@@ -181,11 +174,11 @@ class Server:
         after_term = self.survivors()
         if after_term:
             sent = "SIGTERM (group)"
-            _killpg(self.pgid, signal.SIGTERM)
+            killpg(self.pgid, signal.SIGTERM)
             self._wait_gone(time.time() + min(grace_s, 5.0))
         if self.survivors() or self.alive():
             sent = "SIGKILL"
-            _killpg(self.pgid, signal.SIGKILL)
+            killpg(self.pgid, signal.SIGKILL)
             for pid in self.survivors():  # one that left the group still goes
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -211,10 +204,23 @@ class Server:
             time.sleep(0.2)
 
 
-def _killpg(pgid: int, sig: int) -> None:
+def file_tail(path: Path, lines: int = 40, window: int = 64 * 1024) -> str:
+    """The last lines of a file, read from its last ``window`` bytes ("" when unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - window, 0))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def killpg(pgid: int, sig: int) -> None:
+    """Signal a process group that may already be gone (or, for a stranger's, not ours)."""
     try:
         os.killpg(pgid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
 
 
@@ -228,16 +234,16 @@ def run_json(argv: Sequence[str], env: Mapping[str, str], timeout: float) -> dic
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _killpg(proc.pid, signal.SIGKILL)
+        killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         return {"ok": False, "hung": True, "error": f"no answer in {timeout:g} s; killed"}
     except BaseException:
-        _killpg(proc.pid, signal.SIGKILL)
+        killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
     finally:
         if proc.poll() is None:
-            _killpg(proc.pid, signal.SIGKILL)
+            killpg(proc.pid, signal.SIGKILL)
     lines = [line for line in out.splitlines() if line.startswith("{")]
     try:
         return json.loads(lines[-1])
