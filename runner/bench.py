@@ -58,6 +58,7 @@ DEFAULT_BENCH: Dict[str, Any] = {
     "input_len": 1024,
     "output_len": 128,
     "num_prompts": 200,
+    "prompts_per_concurrency": None,
     "concurrencies": [1, 8, 32],
     "ignore_eos": True,
     "seed": 0,
@@ -115,6 +116,16 @@ def _positive_int(bench: Mapping, key: str) -> int:
     return value
 
 
+def prompts_for(bench: Mapping, concurrency: int) -> int:
+    """Requests in one concurrency's run: ``num_prompts``, or ``prompts_per_concurrency`` ×
+    concurrency when that is set and larger (every run then makes that many full waves, so a
+    concurrency-1 run stays short while a concurrency-64 run still fills the batch)."""
+    prompts = _positive_int(bench, "num_prompts")
+    if bench.get("prompts_per_concurrency") is None:
+        return prompts
+    return max(prompts, _positive_int(bench, "prompts_per_concurrency") * concurrency)
+
+
 def _rate(value: Any) -> str:
     """request_rate as vLLM's flag takes it: a positive number, or "inf" (all at time 0)."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "")):
@@ -150,8 +161,8 @@ def bench_argv(
     ``python`` is the interpreter with vLLM (the runner's ``launch.python``), ``url`` the
     server's root (``http://127.0.0.1:8000``; ``/v1`` is tolerated), ``model_name`` the served
     name, ``tokenizer_path`` the model directory (the client counts tokens with it). ``bench``
-    keys: dataset ("random", the only one supported), input_len, output_len, num_prompts,
-    ignore_eos, seed, request_rate (optional; default inf: every request at time 0, so
+    keys: dataset ("random", the only one supported), input_len, output_len, num_prompts
+    (with prompts_per_concurrency: see prompts_for), ignore_eos, seed, request_rate (optional; default inf: every request at time 0, so
     ``--max-concurrency`` alone sets the load); ``concurrencies`` is not read here, the caller
     loops over it. vLLM writes its result JSON to ``result_dir/result_name``.
     """
@@ -172,7 +183,7 @@ def bench_argv(
         "--dataset-name", "random",
         "--random-input-len", str(_positive_int(bench, "input_len")),
         "--random-output-len", str(_positive_int(bench, "output_len")),
-        "--num-prompts", str(_positive_int(bench, "num_prompts")),
+        "--num-prompts", str(prompts_for(bench, concurrency)),
         "--max-concurrency", str(concurrency),
         "--request-rate", _rate(bench.get("request_rate")),
     ]

@@ -279,7 +279,7 @@ class Run:
         for concurrency in cfg.bench.concurrencies:
             argv = bench.bench_argv(plan.argv[0], plan.url, plan.model_name, str(plan.model_path), workload, concurrency,
                                     self.run_dir / "bench", f"c{concurrency}.json")
-            log.info("bench", concurrency=concurrency, prompts=workload["num_prompts"], input_len=workload["input_len"], output_len=workload["output_len"])
+            log.info("bench", concurrency=concurrency, prompts=bench.prompts_for(workload, concurrency), input_len=workload["input_len"], output_len=workload["output_len"])
             try:
                 figures = bench.run_bench(argv, env, cfg.bench.timeout_s, self.run_dir / "bench.log")
             except bench.BenchError as exc:

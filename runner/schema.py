@@ -169,7 +169,9 @@ class BenchConfig:
     input_len: int = 1024
     output_len: int = 128
     num_prompts: int = 200
-    # one benchmark per concurrency, each with num_prompts requests
+    # when set: each concurrency c runs max(num_prompts, prompts_per_concurrency × c) requests
+    prompts_per_concurrency: Optional[int] = None
+    # one benchmark per concurrency
     concurrencies: List[int] = field(default_factory=lambda: [1, 8, 32])
     ignore_eos: bool = True  # every request makes output_len tokens
     seed: int = 0

@@ -265,3 +265,23 @@ def test_bench_against_a_real_tiny_server(tmp_path):
     assert load_manifest(run_dir)["teardown"]["survivors"] == []
     assert processes_mentioning(f"--port {port}") == []
     assert processes_mentioning(str(run_dir)) == []
+
+
+def test_prompts_per_concurrency_gives_each_run_full_waves_and_never_fewer_than_num_prompts(tmp_path):
+    workload = {**BENCH, "num_prompts": 8, "prompts_per_concurrency": 4}
+    counts = {c: int(flags(bench_argv("py", "http://h:1", "m", "/t", workload, c, tmp_path, "r.json", cli="module"))["--num-prompts"])
+              for c in (1, 2, 32)}
+    assert counts == {1: 8, 2: 8, 32: 128}
+    # unset: every concurrency runs num_prompts
+    assert flags(bench_argv("py", "http://h:1", "m", "/t", {**BENCH, "prompts_per_concurrency": None}, 32, tmp_path, "r.json",
+                            cli="module"))["--num-prompts"] == str(BENCH["num_prompts"])
+    with pytest.raises(ValueError, match="prompts_per_concurrency"):
+        bench.prompts_for({**BENCH, "prompts_per_concurrency": 0}, 4)
+
+
+def test_the_gpu_workload_composes_with_its_wave_rule(compose):
+    from omegaconf import OmegaConf
+
+    cfg = compose(["bench=h100-quick", "hw=cpu-2", "model=tiny-llama"])
+    workload = OmegaConf.to_container(cfg.bench)
+    assert [bench.prompts_for(workload, c) for c in workload["concurrencies"]] == [8, 128]
