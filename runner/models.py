@@ -3,7 +3,8 @@ writes the ones it makes itself (the generated tiny-llama, and config.json + tok
 for shape entries rehearsed with ``load_format=dummy``).
 
 ``model_dir`` and ``read_model_shape`` are side-effect free (used by the pure plan);
-``materialise`` writes, and runs only when something is about to be launched.
+``materialise`` writes, when something is about to be launched or mode=plan prints the
+command that would launch it.
 """
 
 from __future__ import annotations

@@ -334,6 +334,13 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], sweep_dir: Path, plots: M
         counts[point[1]] = counts.get(point[1], 0) + 1
     out = [f"# TP sweep report: {_md_escape(str(sweep_dir))}", ""]
     out.append("Points: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none") + ".")
+    cards: Dict[str, set] = {}
+    for r in rows:
+        if r.get("gpu"):
+            cards.setdefault(r["gpu"], set()).add(str(r.get("hw") or ""))
+    if cards:
+        out.append("Card: " + "; ".join(f"{card} (hw={', '.join(sorted(h for h in hws if h)) or '?'})"
+                                         for card, hws in sorted(cards.items())) + ".")
     if workload:
         out.append("Workload: " + ", ".join(f"{k}={v}" for k, v in workload.items()) + ".")
     out.append("")
@@ -403,6 +410,9 @@ def write_plots(rows: Sequence[Mapping[str, Any]], sweep_dir: Path) -> Dict[str,
     suffix = ""
     if len(groups) == 1:
         model, hw = groups.pop()
+        cards = {r.get("gpu") for r in plotted if r.get("gpu")}
+        if len(cards) == 1:  # name the card: "hw=auto" alone says nothing
+            hw = f"{hw}, {cards.pop()}" if hw else cards.pop()
         suffix = " (" + " on ".join(str(x) for x in (model, hw) if x) + ")" if (model or hw) else ""
 
     def save(fig, name: str) -> None:

@@ -616,6 +616,12 @@ def _execute(run: Run) -> int:
         print(f"doctor: {len(failed)} failing check(s); manifest: {run.run_dir / 'manifest.json'}", file=sys.stderr)
         return EXIT_REJECTED if failed else EXIT_OK
     if cfg.mode is Mode.plan:
+        # the printed command must run as printed: write the (small) files of a generated or
+        # dummy-weight model now, or its --model path would not exist until a launch
+        try:
+            models.materialise(cfg.model, cfg.cache_dir)
+        except OSError as e:
+            run.manifest["notes"].append(f"model files not written ({e}); the first launch writes them")
         run.write_manifest("planned", EXIT_OK)
         print(_plan_text(plan, cfg.hw))
         return EXIT_OK

@@ -44,9 +44,13 @@ def test_plan_mode(tmp_path):
     assert plan["argv"][1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     assert plan["problems"] == []
     assert "--tensor-parallel-size 2" in out.stdout  # the command it would run
-    # plan mode writes no model and launches nothing
-    assert not (tmp_path / "cache").exists()
+    # plan mode launches nothing, but the command it prints runs as printed: the generated
+    # model it names is on disk
     assert not (tmp_path / "run" / "vllm.log").exists()
+    model_path = Path(plan["argv"][plan["argv"].index("--model") + 1])
+    assert model_path.parent.parent == tmp_path / "cache"
+    assert json.loads((model_path / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert list(model_path.glob("*.safetensors")) and (model_path / "tokenizer.json").is_file()
 
 
 def test_rejected_before_launch(tmp_path):

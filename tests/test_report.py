@@ -170,6 +170,7 @@ def test_markdown_table(sweep):
     assert "cuda_oom: CUDA ran out of memory" in next(line for line in table[2:] if "| failed |" in line)
     # the answer: most tok/s at TP=2 for both concurrencies; per GPU TP=1 wins at c=8 (1200 vs 1000)
     assert "llama3-8b nvlink-4gpu, concurrency 8: most output tok/s at TP=2 (2000.0 tok/s" in md
+    assert "Card: NVIDIA H100 80GB HBM3 (hw=nvlink-4gpu)." in md  # the report names the card it measured
     assert "most per GPU at TP=1 (1200.00 tok/s/GPU)" in md
     for png in report.PLOTS.values():
         assert f"]({png})" in md

@@ -44,10 +44,13 @@ def wait_listed(port: int, name: str, proc: subprocess.Popen, timeout: float = 1
 
 
 def stop(proc: subprocess.Popen, group: bool) -> None:
-    if group:
-        os.killpg(proc.pid, signal.SIGTERM)
-    else:
-        proc.send_signal(signal.SIGINT)
+    try:
+        if group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGINT)
+    except ProcessLookupError:  # it died on its own (the caller reports why)
+        return
     try:
         proc.wait(timeout=120)
     except subprocess.TimeoutExpired:

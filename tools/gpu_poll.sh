@@ -8,7 +8,7 @@ for _ in $(seq 1 $(( ${2:-540} / 10 ))); do
   sleep 10
 done
 cat "$m/progress.txt" 2>/dev/null
-tail -n 8 "$m/cmp-8b.log" 2>/dev/null
+tail -n 8 "$m/cmp.log" 2>/dev/null
 for f in "$m"/*/*/runner.jsonl "$m"/*/*/*/runner.jsonl; do
   [ -f "$f" ] && grep -h '"event": "\(vllm ready\|bench done\|verified\|run failed\|rejected\)' "$f" | cut -c1-260 | tail -n 4
 done 2>/dev/null
