@@ -141,3 +141,40 @@ def test_h100x2_capture_parses_and_places_the_pair(plan):
     p = plan(["hw=auto", "model=llama70b", "serve.tensor_parallel_size=2"], probe)
     assert p.ok and p.devices == (0, 1) and p.placement["links"] == {"0-1": "NV18"}
     assert p.placement["same_numa"] is True  # "NUMA Affinity 0" for both in the matrix
+
+
+def nvswitch8_probe(free_gib: Optional[Sequence[float]] = None) -> HardwareProbe:
+    """The shape of an 8-GPU H100 NVSwitch board on two sockets (HGX/DGX H100 class): every pair
+    NV18 with P2P, GPUs 0-3 on NUMA node 0 and 4-7 on node 1. Built, not captured: the runs on
+    such a machine are still to be made (docs/validation.md)."""
+    total = 85_520_809_984  # an H100 80GB HBM3 as NVML reports it (the H100 x4 capture)
+    gpus = tuple(Gpu(index=i, name="NVIDIA H100 80GB HBM3", pci_bus_id=f"00000000:{0x18 + 0x10 * i:02x}:00.0",
+                     memory_total_bytes=total,
+                     memory_free_bytes=int(free_gib[i] * GIB) if free_gib else total - 500 * 2**20,
+                     compute_capability=(9, 0), numa_node=0 if i < 4 else 1, nvlinks_active=18) for i in range(8))
+    pairs = [(a, b) for a in range(8) for b in range(a + 1, 8)]
+    return HardwareProbe(gpus=gpus, cpus_allowed=tuple(range(224)), source="nvml", links={p: "NV18" for p in pairs},
+                         p2p={p: "OK" for p in pairs}, numa_nodes=2,
+                         cpu_numa_nodes=(tuple(range(0, 112)), tuple(range(112, 224))))
+
+
+@pytest.mark.parametrize("hw", ["hw=auto", "hw=nvlink-8gpu"])
+def test_eight_nvswitch_gpus_give_tp4_one_socket_and_tp8_all(plan, hw):
+    probe = nvswitch8_probe()
+    four = plan([hw, "model=llama70b", "serve.tensor_parallel_size=4"], probe)
+    assert four.ok, [str(q) for q in four.problems]
+    assert four.devices == (0, 1, 2, 3) and four.placement["same_numa"]
+    assert four.env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
+    eight = plan([hw, "model=llama70b", "serve.tensor_parallel_size=8"], probe)
+    assert eight.ok and eight.devices == tuple(range(8)) and eight.env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
+    # 28 query heads do not split 8 ways: refused before anything starts, with the sizes that do
+    qwen = plan([hw, "model=qwen2.5-7b", "serve.tensor_parallel_size=8"], probe)
+    assert [q.key for q in qwen.problems] == ["serve.tensor_parallel_size"] and "4" in qwen.problems[0].fix
+
+
+def test_eight_nvswitch_gpus_with_one_busy_keep_tp4_on_the_other_socket(plan):
+    # GPU 2 held by someone else: the free quad is 4-7, all on one NUMA node, rather than 0,1,3,4
+    # (as well linked, but across the sockets)
+    p = plan(["hw=auto", "model=llama70b", "serve.tensor_parallel_size=4"], nvswitch8_probe(free_gib=[79.2, 79.2, 10.0] + [79.2] * 5))
+    assert p.ok and p.devices == (4, 5, 6, 7) and p.placement["same_numa"]
+    assert p.placement["skipped"] == {"2": "10.0 GiB free, below 72.8 GiB"}
