@@ -162,8 +162,9 @@ def bench_argv(
     server's root (``http://127.0.0.1:8000``; ``/v1`` is tolerated), ``model_name`` the served
     name, ``tokenizer_path`` the model directory (the client counts tokens with it). ``bench``
     keys: dataset ("random", the only one supported), input_len, output_len, num_prompts
-    (with prompts_per_concurrency: see prompts_for), ignore_eos, seed, request_rate (optional; default inf: every request at time 0, so
-    ``--max-concurrency`` alone sets the load); ``concurrencies`` is not read here, the caller
+    (and prompts_per_concurrency: see prompts_for), ignore_eos, seed, request_rate
+    (optional; default inf: every request at time 0, so ``--max-concurrency`` alone sets the
+    load); ``concurrencies`` is not read here, the caller
     loops over it. vLLM writes its result JSON to ``result_dir/result_name``.
     """
     dataset = bench.get("dataset", "random")

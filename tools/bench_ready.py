@@ -58,15 +58,18 @@ def stop(proc: subprocess.Popen, group: bool) -> None:
         proc.wait()
 
 
-def planned(overrides: list[str], run_dir: Path) -> dict:
-    """The runner's own plan, so the hand-typed command is exactly what it would launch."""
+def planned(overrides: list[str], run_dir: Path, allow_rejected: bool = False) -> dict:
+    """The runner's own plan, so the hand-typed command is exactly what it would launch; its
+    ``problems`` are the planner's refusals (a rejected plan exits here unless allowed)."""
     out = subprocess.run(
         [sys.executable, "-m", "runner", "mode=plan", f"hydra.run.dir={run_dir}", *overrides],
         cwd=ROOT, capture_output=True, text=True,
     )
-    if out.returncode != 0:
+    manifest = run_dir / "manifest.json"
+    if out.returncode != 0 and not (allow_rejected and out.returncode == 2 and manifest.exists()):
         sys.exit(f"plan failed:\n{out.stderr[-2000:]}")
-    return json.loads((run_dir / "manifest.json").read_text())["plan"]
+    m = json.loads(manifest.read_text())
+    return {**m["plan"], "problems": m.get("problems") or []}
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from runner import bench  # noqa: E402
 from runner.process import free_port  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tools"))
-from bench_ready import stop, wait_listed  # noqa: E402
+from bench_ready import planned, stop, wait_listed  # noqa: E402
 
 
 def side_env(work: Path, separate: bool) -> dict:
@@ -52,14 +52,9 @@ def plan_points(overrides: list, tps: list, work: Path) -> dict:
     plans = {}
     for tp in tps:
         port = free_port()
-        run_dir = work / f"plan-{tp}"
-        subprocess.run([sys.executable, "-m", "runner", "mode=plan", f"hydra.run.dir={run_dir}", *overrides,
-                        f"serve.tensor_parallel_size={tp}", f"serve.port={port}"], cwd=ROOT, capture_output=True)
-        manifest = run_dir / "manifest.json"
-        if not manifest.exists():
-            sys.exit(f"TP={tp}: mode=plan wrote no manifest in {run_dir}")
-        m = json.loads(manifest.read_text())
-        plans[tp] = {**m["plan"], "port": port, "problems": m.get("problems") or m["plan"].get("problems")}
+        plan = planned([*overrides, f"serve.tensor_parallel_size={tp}", f"serve.port={port}"], work / f"plan-{tp}",
+                       allow_rejected=True)
+        plans[tp] = {**plan, "port": port}
     return plans
 
 
