@@ -70,7 +70,7 @@ class Plan:
 
     def to_dict(self) -> Dict[str, Any]:
         out = asdict(self)
-        out["problems"] = [asdict(p) | {"text": str(p)} for p in self.problems]
+        out["problems"] = [p.to_dict() for p in self.problems]
         return out
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Dict
 
 
 @dataclass(frozen=True)
@@ -15,3 +15,7 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.key}={self.value}: {self.message}. Fix: {self.fix}"
+
+    def to_dict(self) -> Dict[str, Any]:
+        """As manifests and plan records hold it: the fields, and the one-line text."""
+        return asdict(self) | {"text": str(self)}

@@ -718,7 +718,7 @@ def reject_before_compose(exc: BaseException, argv: List[str]) -> int:
         "finished_at": now_iso(),
         "run_dir": str(run_dir),
         "command": redact_argv(["python", "-m", "runner", *argv]),
-        "problems": [dataclasses.asdict(problem) | {"text": str(problem)}],
+        "problems": [problem.to_dict()],
         "notes": ["the overrides could not be composed into a config; nothing was probed or started"],
         "versions": runner_side_versions(),
     }
