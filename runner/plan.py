@@ -272,6 +272,10 @@ def _place(probe: HardwareProbe, visible, pool: Tuple[int, ...], world: int, uti
             chosen = topology.choose_gpus(matrix, world, candidates=candidates, free_bytes=free, p2p=probe.p2p)
             return tuple(chosen.devices), _placement_record(chosen, matrix) | {"reason": f"{chosen.reason}; {exc}"}, None
         usable = len(candidates) - sum(1 for c in candidates if c in free and free[c] < need)
+        if usable == len(candidates):
+            # Too few GPUs, none of them busy: the device count's own problem says so (with the
+            # TP sizes that fit); "free those GPUs" would send the user after nothing.
+            return first, {"devices": list(first), "reason": str(exc)}, None
         fix = "free those GPUs (nvidia-smi shows who uses them), or serve.gpu_memory_utilization=<lower>"
         if 0 < usable < world:
             fix += f", or serve.tensor_parallel_size={usable}"

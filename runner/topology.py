@@ -420,8 +420,8 @@ def choose_gpus(
     skipped_text = "; ".join(f"GPU {i} skipped: {why}" for i, why in sorted(skipped.items()))
 
     if len(usable) < n:
-        scope = f"of GPUs {_gpu_list(pool)} in the device mask" if candidates is not None else f"of {matrix.gpu_count}"
-        message = f"need {n} GPUs for the tensor-parallel group but only {len(usable)} {scope} usable"
+        scope = f"of the visible GPUs {_gpu_list(pool)}" if candidates is not None else f"of {matrix.gpu_count}"
+        message = f"need {n} GPUs for the tensor-parallel group but only {len(usable)} {scope} are usable"
         if usable:
             message += f" ({_gpu_list(usable)})"
         raise PlacementError(message + (f"; {skipped_text}" if skipped_text else ""))

@@ -178,3 +178,16 @@ def test_eight_nvswitch_gpus_with_one_busy_keep_tp4_on_the_other_socket(plan):
     p = plan(["hw=auto", "model=llama70b", "serve.tensor_parallel_size=4"], nvswitch8_probe(free_gib=[79.2, 79.2, 10.0] + [79.2] * 5))
     assert p.ok and p.devices == (4, 5, 6, 7) and p.placement["same_numa"]
     assert p.placement["skipped"] == {"2": "10.0 GiB free, below 72.8 GiB"}
+
+
+def test_tp_larger_than_the_machine_is_one_count_problem_not_a_busy_gpu_one(plan):
+    # What the H100 x4 printed for TP 8 before this was fixed: the count problem, and a second
+    # "need 8 GPUs … only 4 usable. Fix: free those GPUs … or gpu_memory_utilization=<lower>"
+    # for four idle cards. One problem, whose fix is a TP size that fits.
+    p = plan(["hw=auto", "model=llama70b", "serve.tensor_parallel_size=8"], probe_from_nvml_capture())
+    assert [(q.key, q.message) for q in p.problems] == [("serve.tensor_parallel_size", "TP 8 x PP 1 needs 8 GPUs, 4 available")]
+    assert p.problems[0].fix == "serve.tensor_parallel_size=2 or 4"
+    # a busy card among too few still gets named: two of four usable, and why
+    busy = plan(["hw=auto", "model=llama70b", "serve.tensor_parallel_size=8"], probe_from_nvml_capture(free_gib=[18.7, 18.7, 79.2, 79.2]))
+    assert len(busy.problems) == 2 and "only 2 of the visible GPUs 0,1,2,3 are usable (2,3)" in busy.problems[1].message
+    assert "GPU 0 skipped: 18.7 GiB free" in busy.problems[1].message and "serve.tensor_parallel_size=2" in busy.problems[1].fix

@@ -351,14 +351,14 @@ def test_placement_error_says_how_many_are_usable_and_why(h100x4):
         choose_gpus(h100x4, 4, free_bytes=free, min_free_bytes=40 * GIB)
     message = str(raised.value)
     assert "need 4 GPUs" in message
-    assert "only 2 of 4 usable (1,3)" in message
+    assert "only 2 of 4 are usable (1,3)" in message
     assert "GPU 0 skipped: 3.1 GiB free, below 40.0 GiB" in message
     assert "GPU 2 skipped: 2.0 GiB free, below 40.0 GiB" in message
     assert isinstance(raised.value, ValueError)
 
 
 def test_placement_error_for_a_mask_that_is_too_small(dgx_a100):
-    with pytest.raises(PlacementError, match=r"only 2 of GPUs 4,5 in the device mask usable"):
+    with pytest.raises(PlacementError, match=r"only 2 of the visible GPUs 4,5 are usable"):
         choose_gpus(dgx_a100, 4, candidates=[4, 5])
 
 
