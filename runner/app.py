@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner import logs
-from runner.schema import register_configs
+from runner.config.schema import register_configs
 
 PROCESS_START = time.time()
 # An absolute path: under `python -m` Hydra would otherwise look for a Python package "conf".
@@ -50,7 +50,7 @@ def _sigterm(signum, frame):
 def _job(cfg: DictConfig) -> None:
     global _job_started
     _job_started = True
-    from runner.run import execute
+    from runner.pipeline import execute
 
     # The first job's clock starts with the interpreter; a multirun's later jobs with themselves.
     started = _process_start() if not _exit_codes else time.time()
@@ -79,7 +79,7 @@ def main() -> None:
         if _job_started:  # a bug of ours, not bad input: say so plainly
             traceback.print_exc()
             sys.exit(1)
-        from runner.run import reject_before_compose
+        from runner.pipeline import reject_before_compose
 
         sys.exit(reject_before_compose(exc, sys.argv[1:]))
     # multirun: every point ran; the sweep's code is its worst point's

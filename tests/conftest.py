@@ -5,25 +5,20 @@ Nothing here launches vLLM or touches the machine's GPUs."""
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-for p in (str(REPO), str(TESTS)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
 
-from hydra import compose as hydra_compose  # noqa: E402
-from hydra import initialize_config_dir  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import DictConfig
 
-import hwdata  # noqa: E402
-from runner.probe import HardwareProbe  # noqa: E402
-from runner.schema import register_configs  # noqa: E402
+from runner.config.schema import register_configs
+from runner.probe.hardware import HardwareProbe
+from tests import hwdata
 
 CONF_DIR = REPO / "conf"  # conf/recipe is a symlink to ../recipes: +recipe=NAME works
 

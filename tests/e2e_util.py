@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from runner.process import free_port  # noqa: F401  (the tests' import point)
+from runner.launch.process import free_port  # noqa: F401  (the tests' import point)
 
 ROOT = Path(__file__).resolve().parents[1]
 

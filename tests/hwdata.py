@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
-from runner.probe import Gpu, HardwareProbe
-from runner.topology import parse_p2p_matrix, parse_topo_matrix
+from runner.plan.topology import parse_p2p_matrix, parse_topo_matrix
+from runner.probe.hardware import Gpu, HardwareProbe
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 H100X4 = FIXTURES / "h100x4-topology.json"
@@ -35,9 +35,7 @@ def cuda_version_text(version: Optional[int]) -> Optional[str]:
     return f"{version // 1000}.{(version % 1000) // 10}"
 
 
-def probe_from_capture(
-    path: Union[str, Path] = H100X4, mask: Optional[str] = None, cpus: int = 64
-) -> HardwareProbe:
+def probe_from_capture(path: Union[str, Path] = H100X4, mask: Optional[str] = None, cpus: int = 64) -> HardwareProbe:
     """A HardwareProbe as ``probe_hardware`` would have built it on the captured machine.
 
     mask: the caller's CUDA_VISIBLE_DEVICES (None: not set); cpus: cores 0..cpus-1 allowed."""

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-import hwdata
-from runner import models, vllm_log
-from runner.manifest import write_json_atomic
-from runner.models import ModelShape
-from runner.probe import parse_cuda_mask, parse_nvidia_smi_query
-from runner.redact import MASK, is_secret_name, redact_argv, redact_env
-from runner.schema import ModelConfig, ModelSource
+from runner.config.schema import ModelConfig, ModelSource
+from runner.probe import models
+from runner.probe.hardware import parse_cuda_mask, parse_nvidia_smi_query
+from runner.probe.models import ModelShape
+from runner.record import vllm_log
+from runner.record.manifest import write_json_atomic
+from runner.record.redact import MASK, is_secret_name, redact_argv, redact_env
+from tests import hwdata
 
 MIB = 2**20
 
@@ -121,9 +122,35 @@ def test_redact_env():
 
 
 def test_redact_argv():
-    argv = ["python", "-m", "vllm", "--api-key", "sk-1", "--port", "8000", "--api-key=sk-2", "--hf-token", "hf_3", "--model", "m"]
+    argv = [
+        "python",
+        "-m",
+        "vllm",
+        "--api-key",
+        "sk-1",
+        "--port",
+        "8000",
+        "--api-key=sk-2",
+        "--hf-token",
+        "hf_3",
+        "--model",
+        "m",
+    ]
     out = redact_argv(argv)
-    assert out == ["python", "-m", "vllm", "--api-key", MASK, "--port", "8000", f"--api-key={MASK}", "--hf-token", MASK, "--model", "m"]
+    assert out == [
+        "python",
+        "-m",
+        "vllm",
+        "--api-key",
+        MASK,
+        "--port",
+        "8000",
+        f"--api-key={MASK}",
+        "--hf-token",
+        MASK,
+        "--model",
+        "m",
+    ]
     assert not any(s in " ".join(out) for s in ("sk-1", "sk-2", "hf_3"))
     assert redact_argv(("--api-key",)) == ["--api-key"]
 
@@ -216,7 +243,13 @@ def test_materialise_writes_the_model(tiny):
     model, cache, path = tiny
     assert str(path) == models.model_dir(model, cache)
     assert path.parent == Path(cache) / "models"
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors"):
+    for name in (
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ):
         assert (path / name).is_file(), name
     assert json.loads((path / "config.json").read_text()) == model.hf_config
     assert json.loads((path / "generation_config.json").read_text()) == {"bos_token_id": 1, "eos_token_id": 2}
@@ -317,8 +350,17 @@ def test_generated_dir_depends_on_config_and_seed(tiny):
 
 
 def test_materialise_dummy_shape_writes_no_weights(tmp_path):
-    hf = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 300, "bos_token_id": 1, "eos_token_id": [2, 3]}
+    hf = {
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 300,
+        "bos_token_id": 1,
+        "eos_token_id": [2, 3],
+    }
     model = ModelConfig(name="shape-x", source=ModelSource.shape, load_format="dummy", hf_config=hf)
     path = Path(models.materialise(model, str(tmp_path)))
     assert path.parent == tmp_path / "shapes"

@@ -17,14 +17,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("overrides", nargs="*", default=["hw=nvlink-4gpu", "model=llama70b", "serve.tensor_parallel_size=2"])
+    ap.add_argument(
+        "overrides", nargs="*", default=["hw=nvlink-4gpu", "model=llama70b", "serve.tensor_parallel_size=2"]
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-plan-"))
     walls = []
     for i in range(args.repeats):
         t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "runner", "mode=plan", f"hydra.run.dir={work}/{i}", *args.overrides],
-                             cwd=ROOT, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "runner", "mode=plan", f"hydra.run.dir={work}/{i}", *args.overrides],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         walls.append(time.perf_counter() - t)
         if out.returncode != 0:
             sys.exit(f"exit {out.returncode}:\n{out.stderr[-1500:]}")
@@ -33,9 +39,9 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from runner.plan import make_plan
-    from runner.probe import probe_hardware
-    from runner.schema import register_configs
+    from runner.config.schema import register_configs
+    from runner.plan.build import make_plan
+    from runner.probe.hardware import probe_hardware
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -47,8 +53,10 @@ def main() -> None:
         make_plan(cfg, probe, dict(cfg.model.hf_config) or None, "0.32.0", {}, python="python")
         inner.append(time.perf_counter() - t)
     print(f"overrides: {' '.join(args.overrides)}")
-    print(f"python -m runner mode=plan, start to exit: median {statistics.median(walls):.3f} s over {args.repeats} "
-          f"(min {min(walls):.3f}, max {max(walls):.3f})")
+    print(
+        f"python -m runner mode=plan, start to exit: median {statistics.median(walls):.3f} s over {args.repeats} "
+        f"(min {min(walls):.3f}, max {max(walls):.3f})"
+    )
     print(f"make_plan alone: median {statistics.median(inner) * 1e6:.0f} us over {len(inner)}")
 
 

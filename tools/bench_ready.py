@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from runner.process import free_port  # noqa: E402
+from runner.launch.process import free_port  # noqa: E402
 
 
 def wait_listed(port: int, name: str, proc: subprocess.Popen, timeout: float = 1200) -> float:
@@ -63,7 +63,9 @@ def planned(overrides: list[str], run_dir: Path, allow_rejected: bool = False) -
     ``problems`` are the planner's refusals (a rejected plan exits here unless allowed)."""
     out = subprocess.run(
         [sys.executable, "-m", "runner", "mode=plan", f"hydra.run.dir={run_dir}", *overrides],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     manifest = run_dir / "manifest.json"
     if out.returncode != 0 and not (allow_rejected and out.returncode == 2 and manifest.exists()):
@@ -79,8 +81,20 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ready-"))
     # Generate the model once (a runner check), so neither side pays for writing it.
-    subprocess.run([sys.executable, "-m", "runner", "mode=check", f"hydra.run.dir={work}/warm",
-                    f"serve.port={free_port()}", *args.overrides], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "mode=check",
+            f"hydra.run.dir={work}/warm",
+            f"serve.port={free_port()}",
+            *args.overrides,
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     hand, runner, overhead = [], [], []
     for i in range(args.repeats):
         # --- by hand: the environment and argv a person would type (those the runner plans)
@@ -99,14 +113,28 @@ def main() -> None:
         run_dir = work / f"runner{i}"
         t0 = time.time()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "runner", "mode=serve", f"serve.port={port}", f"hydra.run.dir={run_dir}", *args.overrides],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "runner",
+                "mode=serve",
+                f"serve.port={port}",
+                f"hydra.run.dir={run_dir}",
+                *args.overrides,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         runner.append(wait_listed(port, name, proc) - t0)
         time.sleep(1.0)  # let it finish verifying before Ctrl-C
         stop(proc, group=False)
         overhead.append(json.loads((run_dir / "manifest.json").read_text())["timings"]["overhead_before_spawn_s"])
-        print(f"round {i + 1}: by hand {hand[-1]:.1f} s, runner {runner[-1]:.1f} s (overhead before spawn {overhead[-1]:.2f} s)", flush=True)
+        print(
+            f"round {i + 1}: by hand {hand[-1]:.1f} s, runner {runner[-1]:.1f} s (overhead before spawn {overhead[-1]:.2f} s)",
+            flush=True,
+        )
     print()
     print(f"command: {' '.join(shlex.quote(a) for a in args.overrides)}  ({args.repeats} rounds, alternating)")
     print(f"time to ready, by hand : median {statistics.median(hand):.1f} s  {[round(x, 1) for x in hand]}")

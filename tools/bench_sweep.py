@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runner import bench  # noqa: E402
-from runner.process import free_port  # noqa: E402
+from runner.launch.process import free_port  # noqa: E402
+from runner.measure import bench  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tools"))
 from bench_ready import planned, stop, wait_listed  # noqa: E402
@@ -52,8 +52,11 @@ def plan_points(overrides: list, tps: list, work: Path) -> dict:
     plans = {}
     for tp in tps:
         port = free_port()
-        plan = planned([*overrides, f"serve.tensor_parallel_size={tp}", f"serve.port={port}"], work / f"plan-{tp}",
-                       allow_rejected=True)
+        plan = planned(
+            [*overrides, f"serve.tensor_parallel_size={tp}", f"serve.port={port}"],
+            work / f"plan-{tp}",
+            allow_rejected=True,
+        )
         plans[tp] = {**plan, "port": port}
     return plans
 
@@ -74,8 +77,16 @@ def plain_loop(plans: dict, workload: dict, work: Path, separate: bool, points: 
         try:
             wait_listed(port, plan["model_name"], proc)
             for c in workload["concurrencies"]:
-                argv = bench.bench_argv(plan["argv"][0], plan["url"], plan["model_name"], plan["model_path"], workload, c,
-                                        work / f"bench-{tp}", f"c{c}.json")
+                argv = bench.bench_argv(
+                    plan["argv"][0],
+                    plan["url"],
+                    plan["model_name"],
+                    plan["model_path"],
+                    workload,
+                    c,
+                    work / f"bench-{tp}",
+                    f"c{c}.json",
+                )
                 bench.run_bench(argv, env, float(workload.get("timeout_s", 1800)), work / f"bench-{tp}.log")
         finally:
             stop(proc, group=True)
@@ -88,10 +99,23 @@ def runner_sweep(overrides: list, tps: list, work: Path, separate: bool = False,
     started = time.time()
     work.mkdir(parents=True, exist_ok=True)
     with open(work.parent / f"{work.name}.log", "w") as log:
-        done = subprocess.run([sys.executable, "-m", "runner", "-m", "mode=bench", *overrides,
-                               f"serve.tensor_parallel_size={','.join(map(str, tps))}", f"hydra.sweep.dir={work}",
-                               f"serve.port={free_port()}"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              env=side_env(work, separate))
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "runner",
+                "-m",
+                "mode=bench",
+                *overrides,
+                f"serve.tensor_parallel_size={','.join(map(str, tps))}",
+                f"hydra.sweep.dir={work}",
+                f"serve.port={free_port()}",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=side_env(work, separate),
+        )
     if done.returncode not in (0, 2):  # 2: a point was rejected, which the plain loop skips too
         sys.exit(f"runner sweep failed ({done.returncode}): read {work.parent / f'{work.name}.log'}")
     for manifest in sorted(work.glob("*/manifest.json")):
@@ -108,8 +132,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--tp", default="1,2")
     ap.add_argument("--no-warm", action="store_true", help="skip the warm-up sweep")
-    ap.add_argument("--separate-caches", action="store_true",
-                    help="each side's run starts from its own empty VLLM_CACHE_ROOT")
+    ap.add_argument(
+        "--separate-caches", action="store_true", help="each side's run starts from its own empty VLLM_CACHE_ROOT"
+    )
     ap.add_argument("--work", help="folder for the runs (default: a new temporary one)")
     ap.add_argument("overrides", nargs="*", default=["hw=cpu-2", "model=tiny-llama", "bench=cpu-small"])
     args = ap.parse_args()
@@ -118,7 +143,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     # the workload both sides run: the runner's composed bench config
     plan_dir = work / "workload"
-    subprocess.run([sys.executable, "-m", "runner", "mode=plan", f"hydra.run.dir={plan_dir}", *args.overrides], cwd=ROOT, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "runner", "mode=plan", f"hydra.run.dir={plan_dir}", *args.overrides],
+        cwd=ROOT,
+        capture_output=True,
+    )
     workload = json.loads((plan_dir / "manifest.json").read_text())["config"]["bench"]
     workload["request_rate"] = workload.get("request_rate") or "inf"
     if not args.no_warm:
@@ -131,13 +160,28 @@ def main() -> None:
         plans = plan_points(args.overrides, tps, work / f"loop-{i}")
         loops.append(plain_loop(plans, workload, work / f"loop-{i}", args.separate_caches, loop_points))
         runs.append(runner_sweep(args.overrides, tps, work / f"runner-{i}", args.separate_caches, runner_points))
-        rounds.append({"loop_s": round(loops[-1], 1), "runner_s": round(runs[-1], 1),
-                       "loop_points_s": loop_points, "runner_points_total_s": runner_points})
+        rounds.append(
+            {
+                "loop_s": round(loops[-1], 1),
+                "runner_s": round(runs[-1], 1),
+                "loop_points_s": loop_points,
+                "runner_points_total_s": runner_points,
+            }
+        )
         print(f"round {i + 1}: plain loop {loops[-1]:.1f} s, runner sweep {runs[-1]:.1f} s", flush=True)
-        (work / "summary.json").write_text(json.dumps({"tp": tps, "overrides": args.overrides, "workload": workload,
-                                                       "warm_up": not args.no_warm,
-                                                       "separate_caches": args.separate_caches,
-                                                       "rounds": rounds}, indent=2))
+        (work / "summary.json").write_text(
+            json.dumps(
+                {
+                    "tp": tps,
+                    "overrides": args.overrides,
+                    "workload": workload,
+                    "warm_up": not args.no_warm,
+                    "separate_caches": args.separate_caches,
+                    "rounds": rounds,
+                },
+                indent=2,
+            )
+        )
     loop, run = statistics.median(loops), statistics.median(runs)
     print(f"points: TP={args.tp}  overrides: {' '.join(args.overrides)}")
     print(f"plain vllm serve + vllm bench serve loop: median {loop:.1f} s")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runner.probe import probe_hardware  # noqa: E402
+from runner.probe.hardware import probe_hardware  # noqa: E402
 
 
 def smi(*args: str) -> dict:
@@ -39,7 +39,10 @@ def main(path: str) -> None:
         "nvidia_smi_topo_p2p_n": ("topo", "-p2p", "n"),
         "nvidia_smi_nvlink_s": ("nvlink", "-s"),
         "nvidia_smi_L": ("-L",),
-        "nvidia_smi_query": ("--query-gpu=index,name,pci.bus_id,memory.total,memory.used,driver_version,compute_cap", "--format=csv"),
+        "nvidia_smi_query": (
+            "--query-gpu=index,name,pci.bus_id,memory.total,memory.used,driver_version,compute_cap",
+            "--format=csv",
+        ),
     }.items():
         capture[key] = smi(*args)
     start = time.perf_counter()
@@ -58,8 +61,10 @@ def main(path: str) -> None:
 
         n = torch.cuda.device_count()
         capture["torch"] = {
-            "version": torch.__version__, "cuda": torch.version.cuda,
-            "nccl": ".".join(map(str, torch.cuda.nccl.version())), "count": n,
+            "version": torch.__version__,
+            "cuda": torch.version.cuda,
+            "nccl": ".".join(map(str, torch.cuda.nccl.version())),
+            "count": n,
             "p2p": {f"{i}-{j}": torch.cuda.can_device_access_peer(i, j) for i in range(n) for j in range(n) if i != j},
             # cudaMemGetInfo's (free, total): vLLM's "total" is this, a little under NVML's.
             "mem_get_info": [list(torch.cuda.mem_get_info(i)) for i in range(n)],

@@ -23,12 +23,19 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from runner import vllm_log  # noqa: E402
-from runner.plan import make_plan  # noqa: E402
-from runner.probe import Gpu, HardwareProbe  # noqa: E402
-from runner.schema import register_configs  # noqa: E402
+from runner.config.schema import register_configs  # noqa: E402
+from runner.plan.build import make_plan  # noqa: E402
+from runner.probe.hardware import Gpu, HardwareProbe  # noqa: E402
+from runner.record import vllm_log  # noqa: E402
 
-SERVE_KEYS = ("tensor_parallel_size", "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "kv_cache_dtype", "max_model_len")
+SERVE_KEYS = (
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "kv_cache_dtype",
+    "max_model_len",
+)
 
 
 def point_from_manifest(path: Path) -> Optional[Dict[str, Any]]:
@@ -36,7 +43,11 @@ def point_from_manifest(path: Path) -> Optional[Dict[str, Any]]:
     log = path.with_name(path.name.replace(".manifest.json", ".vllm.log"))
     if not log.is_file():
         log = Path(manifest.get("run_dir", "/nonexistent")) / "vllm.log"
-    reported = vllm_log.reported_figures(log.read_text(errors="replace")) if log.is_file() else manifest.get("vllm_reported") or {}
+    reported = (
+        vllm_log.reported_figures(log.read_text(errors="replace"))
+        if log.is_file()
+        else manifest.get("vllm_reported") or {}
+    )
     if "kv_cache_tokens" not in reported or manifest.get("mode") not in ("check", "serve"):
         return None
     config = manifest["config"]
@@ -63,7 +74,11 @@ def point_from_manifest(path: Path) -> Optional[Dict[str, Any]]:
             "kv_cache_tokens": reported["kv_cache_tokens"],
             "kv_cache_gib": reported.get("kv_cache_gib"),
             "weights_gib": reported.get("model_loading_gib"),
-            **{k: v for k, v in (reported.get("memory_profile") or {}).items() if k in ("activation_peak_gib", "non_torch_gib", "cuda_graph_gib", "requested_gib")},
+            **{
+                k: v
+                for k, v in (reported.get("memory_profile") or {}).items()
+                if k in ("activation_peak_gib", "non_torch_gib", "cuda_graph_gib", "requested_gib")
+            },
         },
         "outcome": manifest.get("status") + (f" ({manifest['failure']['cause']})" if manifest.get("failure") else ""),
     }
@@ -75,11 +90,23 @@ def predict(point: Dict[str, Any]) -> Dict[str, Any]:
         node = compose("config", overrides=[*point["overrides"], "mode=check", "cache_dir=/nonexistent"])
     cfg = OmegaConf.to_object(node)
     gpus = tuple(
-        Gpu(index=i, name=point["gpu_name"], pci_bus_id=f"00000000:00:{6 + i:02x}.0", memory_total_bytes=point["gpu_total_bytes"],
-            memory_free_bytes=point["gpu_total_bytes"], compute_capability=(9, 0))
+        Gpu(
+            index=i,
+            name=point["gpu_name"],
+            pci_bus_id=f"00000000:00:{6 + i:02x}.0",
+            memory_total_bytes=point["gpu_total_bytes"],
+            memory_free_bytes=point["gpu_total_bytes"],
+            compute_capability=(9, 0),
+        )
         for i in range(point["gpu_count"])
     )
-    plan = make_plan(cfg, HardwareProbe(gpus=gpus, cpus_allowed=tuple(range(16)), source="nvml"), dict(cfg.model.hf_config), point["vllm"], {})
+    plan = make_plan(
+        cfg,
+        HardwareProbe(gpus=gpus, cpus_allowed=tuple(range(16)), source="nvml"),
+        dict(cfg.model.hf_config),
+        point["vllm"],
+        {},
+    )
     return plan.estimate["fit"]
 
 
@@ -100,9 +127,18 @@ def markdown(table: List[Dict[str, Any]]) -> str:
     ]
     for row in table:
         p, fit, m = row["point"], row["fit"], row["point"]["measured"]
-        options = [o.split(".", 1)[1] for o in p["overrides"] if o.startswith("serve.") and not o.startswith(("serve.tensor_parallel_size", "serve.gpu_memory_utilization"))]
+        options = [
+            o.split(".", 1)[1]
+            for o in p["overrides"]
+            if o.startswith("serve.")
+            and not o.startswith(("serve.tensor_parallel_size", "serve.gpu_memory_utilization"))
+        ]
         model = next(o.split("=", 1)[1] for o in p["overrides"] if o.startswith("model="))
-        act = f"{fit['activation_peak_gib']:.2f} / {m['activation_peak_gib']:.2f}" if "activation_peak_gib" in m else f"{fit['activation_peak_gib']:.2f} / —"
+        act = (
+            f"{fit['activation_peak_gib']:.2f} / {m['activation_peak_gib']:.2f}"
+            if "activation_peak_gib" in m
+            else f"{fit['activation_peak_gib']:.2f} / —"
+        )
         weights = f"{fit['weights_gib_per_gpu']:.2f} / {m['weights_gib']:.2f}" if m.get("weights_gib") else "—"
         lines.append(
             f"| {p['name']} | {model} | {fit['tensor_parallel_size']} | {fit['gpu_memory_utilization']:g} | {', '.join(options) or '—'} | "
@@ -110,7 +146,9 @@ def markdown(table: List[Dict[str, Any]]) -> str:
         )
     worst = max(abs(r["error_pct"]) for r in table)
     lines.append("")
-    lines.append(f"{len(table)} points; largest KV-token error {worst:.2f} %; card: {table[0]['point']['gpu_name']}; vLLM {table[0]['point']['vllm']}")
+    lines.append(
+        f"{len(table)} points; largest KV-token error {worst:.2f} %; card: {table[0]['point']['gpu_name']}; vLLM {table[0]['point']['vllm']}"
+    )
     return "\n".join(lines)
 
 

@@ -24,25 +24,58 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runner.models import ModelShape, materialise  # noqa: E402
-from runner.plan import tp_violation  # noqa: E402
-from runner.schema import ModelConfig, ModelSource  # noqa: E402
+from runner.config.schema import ModelConfig, ModelSource  # noqa: E402
+from runner.plan.build import tp_violation  # noqa: E402
+from runner.probe.models import ModelShape, materialise  # noqa: E402
 
-ERROR = re.compile(r"[^\n]{0,160}(ValueError|AssertionError|must be divisible|not divisible|is not supported)[^\n]{0,120}")
+ERROR = re.compile(
+    r"[^\n]{0,160}(ValueError|AssertionError|must be divisible|not divisible|is not supported)[^\n]{0,120}"
+)
 
 
 def start(out: Path, name: str, tp: int, port: int, first_gpu: int):
-    cfg = {k: v for k, v in json.loads((ROOT / "tests/fixtures/hf_configs" / f"{name}.json").read_text()).items() if not k.startswith("_")}
+    cfg = {
+        k: v
+        for k, v in json.loads((ROOT / "tests/fixtures/hf_configs" / f"{name}.json").read_text()).items()
+        if not k.startswith("_")
+    }
     model = ModelConfig(name=name, source=ModelSource.shape, load_format="dummy", hf_config=cfg)
     path = materialise(model, str(out / "cache"))
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--load-format", "dummy",
-            "--tensor-parallel-size", str(tp), "--max-model-len", "2048", "--enforce-eager", "--port", str(port),
-            "--gpu-memory-utilization", "0.8", "--compilation-config", '{"pass_config":{"fuse_allreduce_rms":false}}']
-    env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(str(first_gpu + i) for i in range(tp))}
+    argv = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        path,
+        "--load-format",
+        "dummy",
+        "--tensor-parallel-size",
+        str(tp),
+        "--max-model-len",
+        "2048",
+        "--enforce-eager",
+        "--port",
+        str(port),
+        "--gpu-memory-utilization",
+        "0.8",
+        "--compilation-config",
+        '{"pass_config":{"fuse_allreduce_rms":false}}',
+    ]
+    env = {
+        **os.environ,
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "CUDA_VISIBLE_DEVICES": ",".join(str(first_gpu + i) for i in range(tp)),
+    }
     log = open(out / f"{name}-tp{tp}.vllm.log", "w")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     planner = tp_violation(ModelShape.from_hf_config(cfg), tp, cfg)
-    return {"case": f"{name}:{tp}", "proc": proc, "port": port, "log": out / f"{name}-tp{tp}.vllm.log", "planner": planner or "accepts"}
+    return {
+        "case": f"{name}:{tp}",
+        "proc": proc,
+        "port": port,
+        "log": out / f"{name}-tp{tp}.vllm.log",
+        "planner": planner or "accepts",
+    }
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -85,8 +118,17 @@ def main() -> None:
             if verdict:
                 text = case["log"].read_text(errors="replace")
                 errors = [m.group(0) for m in ERROR.finditer(text)]
-                print(json.dumps({"case": case["case"], "vllm": verdict, "planner": case["planner"],
-                                  "vllm_error": (errors[-1][:300] if errors and not verdict.startswith("accepted") else None)}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "case": case["case"],
+                            "vllm": verdict,
+                            "planner": case["planner"],
+                            "vllm_error": (errors[-1][:300] if errors and not verdict.startswith("accepted") else None),
+                        }
+                    ),
+                    flush=True,
+                )
                 stop(case["proc"])
                 cases.remove(case)
         time.sleep(1)

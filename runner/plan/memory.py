@@ -1,0 +1,306 @@
+"""Memory model: what vLLM will give the KV cache on each GPU, predicted before it starts.
+
+vLLM (vllm/v1/worker/gpu_worker.py, determine_available_memory; 0.26 – 0.33) measures,
+after loading the weights and running one profiling forward pass:
+
+    requested = ceil(gpu_memory_utilization x total)           # total: cudaMemGetInfo's
+    kv_cache  = requested - weights - activation_peak - non_torch_increase
+                [- cuda_graph_estimate, where the model runner estimates it]
+
+and then (vllm/v1/core/kv_cache_utils.py) cuts kv_cache into blocks of 16 tokens, each
+holding K and V for every layer of this rank:
+
+    bytes_per_token = layers_per_stage x max(1, kv_heads / TP) x head_dim x 2 x kv_dtype bytes
+    tokens          = floor(kv_cache / (bytes_per_token x 16)) x 16
+    concurrency     = tokens / max_model_len (in whole blocks)
+
+and refuses to start when kv_cache <= 0 ("No available memory for the cache blocks") or
+tokens < max_model_len ("The model's max seq len … is larger than the maximum number of
+tokens that can be stored in KV cache").
+
+Each term here is computed from the model's shape and the serve options; the two that
+vLLM measures (the activation peak and the non-torch increase) come from a model fitted to
+its own start-up report on H100s ("Actual usage is … GiB for weight, … for peak
+activation, … for non-torch memory, and … for CUDAGraph memory"): docs/memory-model.md
+has the measured table this module reproduces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional
+
+from runner.probe.models import ModelShape
+
+GIB = 2**30
+BLOCK_SIZE = 16
+CALIBRATED_VLLM = "0.26.0"  # the release whose reports the fitted constants come from  # vllm/config/cache.py: the CUDA attention backends' default block size
+
+# vLLM's defaults when the serve options leave them unset (vllm/engine/arg_utils.py,
+# get_batch_defaults: the API server on a GPU with >= 70 GiB that is not an A100, else the
+# small set), and vllm/config/cache.py's gpu_memory_utilization (0.92 from 0.26 on).
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
+BIG_GPU_BYTES = 70 * GIB
+DEFAULTS_BIG = {"max_num_batched_tokens": 8192, "max_num_seqs": 1024}
+DEFAULTS_SMALL = {"max_num_batched_tokens": 2048, "max_num_seqs": 256}
+
+KV_DTYPE_BYTES = {
+    None: None,
+    "auto": None,
+    "fp8": 1,
+    "fp8_e4m3": 1,
+    "fp8_e5m2": 1,
+    "bfloat16": 2,
+    "float16": 2,
+    "half": 2,
+}
+
+# ---- the fitted part -------------------------------------------------------------------
+# Fitted to vLLM 0.26.0's own start-up reports on H100 80GB HBM3 (docs/memory-model.md has
+# every point and how far each prediction is from it).
+#
+# cudaMemGetInfo's total is a little under NVML's (memory the driver keeps): on H100 80GB
+# HBM3 NVML says 85,520,809,984 B and cudaMemGetInfo 85,017,493,504 B.
+DRIVER_RESERVED_FRACTION = 1 - 85_017_493_504 / 85_520_809_984
+# Non-torch memory that appears between vLLM's first snapshot (taken after NCCL is set up)
+# and the end of profiling (cuBLAS workspaces and the like): 0.22 GiB on one GPU, 0.06 GiB
+# per GPU at TP 2 and 4 (0.12 for Mixtral at TP 2).
+NON_TORCH_GIB = {1: 0.22}
+NON_TORCH_GIB_TP = 0.06
+# The activation peak of the profiling pass: the larger of the forward pass over
+# max_num_batched_tokens tokens and the sampler over min(tokens, max_num_seqs) rows.
+#   forward = tokens x (3 x intermediate/TP + FWD_HIDDEN x hidden) x dtype bytes + FWD_GIB
+#   (gate_up's 2 x I/TP outputs and the activation's I/TP alive together; the slope in
+#   tokens is the measured one: +8192 tokens added 0.67 GiB to Llama-3-8B at TP 1)
+#   sampler = rows x vocab x SAMPLER_BYTES_PER_LOGIT + SAMPLER_GIB
+FWD_MLP = 3.0
+FWD_HIDDEN = 2.2
+FWD_GIB = 0.18
+SAMPLER_BYTES_PER_LOGIT = 3.0
+SAMPLER_GIB = 0.28
+# Memory used before vLLM's first snapshot, outside everything above (CUDA context, and
+# NCCL's buffers with more than one rank): free memory at start-up was 78.66 of 79.18 GiB
+# at TP 1 and 77.64 at TP 2 and 4.
+BASELINE_GIB = {1: 0.52}
+BASELINE_GIB_TP = 1.54
+# CUDA graphs (vLLM captures 51 sizes, PIECEWISE and FULL, up to 512 tokens by default):
+#   GRAPH_GIB + layers x (GRAPH_PER_LAYER + GRAPH_PER_LAYER_TP / TP) x min(max_num_seqs, 512) / 512
+GRAPH_GIB = 0.13
+GRAPH_PER_LAYER = 0.0091
+GRAPH_PER_LAYER_TP = 0.0139
+# What a serving step allocates beyond the profiled peak: the sampler's float32 logits
+# (rows x vocab x 4 B) and a margin. With less head-room than that, Llama-3.1-70B at TP 2
+# and utilization 0.95 ran out of memory right after CUDA graph capture (0.91 GiB left,
+# a 502 MiB allocation failed).
+HEADROOM_GIB = 0.6
+
+
+@dataclass(frozen=True)
+class MemoryFit:
+    """One TP size's prediction, in GiB per GPU unless named otherwise."""
+
+    tensor_parallel_size: int
+    gpu_total_gib: float  # as vLLM sees it (cudaMemGetInfo)
+    gpu_memory_utilization: float
+    requested_gib: float
+    weights_gib_per_gpu: float
+    activation_peak_gib: float
+    non_torch_gib: float
+    cuda_graph_gib: float  # subtracted from the KV cache only where vLLM does (0.27 on)
+    cuda_graphs_counted: bool
+    headroom_gib: float  # what stays free on the GPU once vLLM has everything it plans for
+    max_safe_utilization: float  # the highest gpu_memory_utilization that keeps the head-room
+    oom_risk: bool  # less head-room than a sampling step needs (a problem or, uncalibrated, a warning)
+    kv_cache_gib: float
+    kv_bytes_per_token: int  # per GPU
+    kv_cache_tokens: int
+    max_model_len: int
+    max_concurrency: float
+    fits: bool
+    why_not: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def serve_defaults(gpu_total_bytes: int, gpu_name: Optional[str] = None) -> Dict[str, int]:
+    big = gpu_total_bytes >= BIG_GPU_BYTES and "a100" not in (gpu_name or "").lower()
+    return dict(DEFAULTS_BIG if big else DEFAULTS_SMALL)
+
+
+def kv_bytes_per_token(shape: ModelShape, tp: int, pp: int = 1, kv_dtype_bytes: int = 2) -> int:
+    """K and V for every layer this GPU holds, per token."""
+    # vllm/model_executor/layers/linear.py, QKVParallelLinear: max(1, kv_heads // tp) per rank.
+    kv_heads = max(1, shape.num_key_value_heads // tp)
+    layers = math.ceil(shape.num_hidden_layers / pp)
+    return layers * kv_heads * shape.head_dim * 2 * kv_dtype_bytes
+
+
+def activation_peak_bytes(shape: ModelShape, tp: int, tokens: int, rows: int, dtype_bytes: int = 2) -> int:
+    intermediate = shape.intermediate_size
+    if shape.num_experts > 1:  # the routed tokens' experts, top-k of them per token
+        intermediate = (shape.moe_intermediate_size or shape.intermediate_size) * shape.experts_per_token
+    forward = tokens * (FWD_MLP * intermediate / tp + FWD_HIDDEN * shape.hidden_size) * dtype_bytes + FWD_GIB * GIB
+    sampler = min(tokens, rows) * shape.vocab_size * SAMPLER_BYTES_PER_LOGIT + SAMPLER_GIB * GIB
+    return int(max(forward, sampler))
+
+
+def cuda_graph_bytes(shape: ModelShape, tp: int, pp: int, rows: int) -> int:
+    layers = math.ceil(shape.num_hidden_layers / pp)
+    return int((GRAPH_GIB + layers * (GRAPH_PER_LAYER + GRAPH_PER_LAYER_TP / tp) * min(rows, 512) / 512) * GIB)
+
+
+def graphs_counted(vllm_version: Optional[str]) -> bool:
+    """Whether vLLM takes its CUDA-graph estimate out of the KV cache. 0.26's model runner
+    (vllm/v1/worker/gpu/model_runner.py, profile_cudagraph_memory) returns 0; 0.32's
+    estimates it. Releases in between are taken to behave like 0.32."""
+    from runner.plan.compat import parse_version
+
+    parsed = parse_version(vllm_version)
+    return parsed is None or parsed >= (0, 27)
+
+
+def cuda_total_bytes(nvml_total_bytes: int) -> int:
+    return int(nvml_total_bytes * (1 - DRIVER_RESERVED_FRACTION))
+
+
+def predict(
+    shape: ModelShape,
+    tp: int,
+    weights_bytes_total: int,
+    gpu_total_bytes: int,
+    *,
+    pp: int = 1,
+    gpu_memory_utilization: Optional[float] = None,
+    max_model_len: Optional[int] = None,
+    max_num_batched_tokens: Optional[int] = None,
+    max_num_seqs: Optional[int] = None,
+    kv_cache_dtype: Optional[str] = None,
+    dtype_bytes: int = 2,
+    gpu_name: Optional[str] = None,
+    vllm_version: Optional[str] = None,
+    enforce_eager: bool = False,
+) -> MemoryFit:
+    """vLLM's KV-cache size for this TP size on GPUs of gpu_total_bytes (NVML's total)."""
+    defaults = serve_defaults(gpu_total_bytes, gpu_name)
+    util = gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
+    tokens = max_num_batched_tokens or defaults["max_num_batched_tokens"]
+    rows = max_num_seqs or defaults["max_num_seqs"]
+    length = max_model_len or shape.context_length or shape.max_position_embeddings or 2048
+    kv_bytes = KV_DTYPE_BYTES.get(kv_cache_dtype) or dtype_bytes
+
+    total = cuda_total_bytes(gpu_total_bytes)
+    requested = math.ceil(total * util)
+    weights = weights_bytes_total / (tp * pp)
+    peak = activation_peak_bytes(shape, tp, tokens, rows, dtype_bytes)
+    non_torch = NON_TORCH_GIB.get(tp, NON_TORCH_GIB_TP) * GIB
+    graphs = 0 if enforce_eager else cuda_graph_bytes(shape, tp, pp, rows)
+    counted = graphs_counted(vllm_version)
+    kv_cache = requested - weights - peak - non_torch - (graphs if counted else 0)
+    per_token = kv_bytes_per_token(shape, tp, pp, kv_bytes)
+    blocks = max(0, int(kv_cache // (per_token * BLOCK_SIZE)))
+    kv_tokens = blocks * BLOCK_SIZE
+    per_request_blocks = math.ceil(length / BLOCK_SIZE)
+    concurrency = blocks / per_request_blocks if per_request_blocks else 0.0
+    # Everything on the GPU once serving: what was there before vLLM's snapshot, what it
+    # requested, and the CUDA graphs where they are not inside the request.
+    baseline = BASELINE_GIB.get(tp, BASELINE_GIB_TP) * GIB
+    need_free = min(tokens, rows) * shape.vocab_size * 4 + HEADROOM_GIB * GIB
+    headroom = total - baseline - requested - (0 if counted else graphs)
+    max_util = math.floor((total - baseline - (0 if counted else graphs) - need_free) / total * 100) / 100
+
+    why = None
+    if weights >= requested:
+        why = f"weights need {weights / GIB:.1f} GiB per GPU, more than the {requested / GIB:.1f} GiB vLLM may use"
+    elif kv_cache <= 0:
+        why = f"no memory left for the KV cache ({kv_cache / GIB:.2f} GiB after weights and activations)"
+    elif kv_tokens < length:
+        why = f"the KV cache holds {kv_tokens:,} tokens, fewer than max_model_len {length:,}"
+    elif headroom < need_free and (headroom < 0 or gpu_total_bytes >= BIG_GPU_BYTES):
+        # Certain when vLLM's own plan exceeds the card; on other cards than the 80 GB class
+        # the constants were measured on, a small margin is only a warning (oom_risk).
+        why = (
+            f"out of memory after start-up: {headroom / GIB:.2f} GiB would stay free, "
+            f"less than the {need_free / GIB:.2f} GiB a full sampling step allocates"
+        )
+    return MemoryFit(
+        tensor_parallel_size=tp,
+        gpu_total_gib=round(total / GIB, 2),
+        gpu_memory_utilization=util,
+        requested_gib=round(requested / GIB, 2),
+        weights_gib_per_gpu=round(weights / GIB, 2),
+        activation_peak_gib=round(peak / GIB, 2),
+        non_torch_gib=round(non_torch / GIB, 2),
+        cuda_graph_gib=round(graphs / GIB, 2),
+        cuda_graphs_counted=counted,
+        headroom_gib=round(headroom / GIB, 2),
+        max_safe_utilization=max_util,
+        oom_risk=headroom < need_free,
+        kv_cache_gib=round(kv_cache / GIB, 2),
+        kv_bytes_per_token=per_token,
+        kv_cache_tokens=kv_tokens,
+        max_model_len=length,
+        max_concurrency=round(concurrency, 2),
+        fits=why is None,
+        why_not=why,
+    )
+
+
+def predict_cpu(
+    shape: ModelShape,
+    tp: int,
+    weights_bytes_total: int,
+    kv_space_gib: int,
+    *,
+    pp: int = 1,
+    max_model_len: Optional[int] = None,
+    kv_cache_dtype: Optional[str] = None,
+    dtype_bytes: int = 2,
+) -> MemoryFit:
+    """vLLM-CPU gives each rank exactly VLLM_CPU_KVCACHE_SPACE GiB of KV cache
+    (vllm/platforms/cpu.py: kv_cache_memory_bytes = space x GiB); no profiling is involved."""
+    length = max_model_len or shape.context_length or shape.max_position_embeddings or 2048
+    kv_bytes = KV_DTYPE_BYTES.get(kv_cache_dtype) or dtype_bytes
+    per_token = kv_bytes_per_token(shape, tp, pp, kv_bytes)
+    kv_cache = kv_space_gib * GIB
+    blocks = int(kv_cache // (per_token * BLOCK_SIZE))
+    tokens = blocks * BLOCK_SIZE
+    why = None
+    if kv_space_gib < 1:
+        why = "vLLM-CPU needs at least 1 GiB of KV cache per rank"
+    elif tokens < length:
+        why = f"the KV cache holds {tokens:,} tokens, fewer than max_model_len {length:,}"
+    return MemoryFit(
+        tensor_parallel_size=tp,
+        gpu_total_gib=0.0,
+        gpu_memory_utilization=0.0,
+        requested_gib=float(kv_space_gib),
+        weights_gib_per_gpu=round(weights_bytes_total / (tp * pp) / GIB, 2),
+        activation_peak_gib=0.0,
+        non_torch_gib=0.0,
+        cuda_graph_gib=0.0,
+        cuda_graphs_counted=False,
+        headroom_gib=0.0,
+        max_safe_utilization=0.0,
+        oom_risk=False,
+        kv_cache_gib=float(kv_space_gib),
+        kv_bytes_per_token=per_token,
+        kv_cache_tokens=tokens,
+        max_model_len=length,
+        max_concurrency=round(blocks / math.ceil(length / BLOCK_SIZE), 2),
+        fits=why is None,
+        why_not=why,
+    )
+
+
+# The model's KV-token predictions were within 3 % of vLLM's on every measured point; a
+# suggested max_model_len keeps 5 % below the prediction so that it still fits when vLLM
+# finds a little less room than predicted.
+MAX_MODEL_LEN_MARGIN = 0.95
+
+
+def safe_max_model_len(fit: MemoryFit) -> int:
+    """A max_model_len to suggest: 5 % under the predicted KV tokens, in whole 256s (0: none)."""
+    longest = int(fit.kv_cache_tokens * MAX_MODEL_LEN_MARGIN) // 256 * 256
+    return longest if longest >= 256 else 0
