@@ -1,0 +1,196 @@
+"""Model shapes and parameter counts from config.json, and the generated model's files
+(config, tokenizer, safetensors) as vLLM reads them."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import struct
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from runner.config.schema import ModelConfig, ModelSource
+from runner.probe import models
+from runner.probe.models import ModelShape
+
+
+def _hf(compose, model):
+    return OmegaConf.to_object(compose([f"model={model}"])).model.hf_config
+
+
+@pytest.mark.parametrize(
+    "model, params, rel",
+    [
+        ("llama3-8b", 8.03e9, 0.01),
+        ("llama70b", 70.6e9, 0.01),
+        ("mixtral-8x7b", 46.7e9, 0.01),
+        ("qwen2.5-7b", 7.6e9, 0.02),  # the real 7.62e9 includes qkv biases we ignore
+        ("qwen2.5-72b", 72.7e9, 0.02),
+    ],
+)
+def test_parameter_count(compose, model, params, rel):
+    assert ModelShape.from_hf_config(_hf(compose, model)).parameter_count() == pytest.approx(params, rel=rel)
+
+
+def test_model_shape_fields(compose):
+    shape = ModelShape.from_hf_config(_hf(compose, "mixtral-8x7b"))
+    assert (shape.num_attention_heads, shape.num_key_value_heads, shape.num_experts) == (32, 8, 8)
+    assert shape.architecture == "MixtralForCausalLM" and shape.torch_dtype == "bfloat16"
+    # multimodal wrappers keep the language model's numbers in text_config
+    wrapped = ModelShape.from_hf_config({"architectures": ["X"], "text_config": _hf(compose, "llama3-8b")})
+    assert wrapped.num_attention_heads == 32 and wrapped.vocab_size == 128256
+    # num_key_value_heads absent: multi-head attention
+    mha = dict(_hf(compose, "llama3-8b"))
+    del mha["num_key_value_heads"]
+    assert ModelShape.from_hf_config(mha).num_key_value_heads == 32
+
+
+@pytest.fixture(scope="module")
+def tiny(compose, tmp_path_factory):
+    """tiny-llama materialised once into a fresh cache dir: (ModelConfig, cache_dir, path)."""
+    model = OmegaConf.to_object(compose(["model=tiny-llama"])).model
+    cache = str(tmp_path_factory.mktemp("cache"))
+    return model, cache, Path(models.materialise(model, cache))
+
+
+def test_materialise_writes_the_model(tiny):
+    model, cache, path = tiny
+    assert str(path) == models.model_dir(model, cache)
+    assert path.parent == Path(cache) / "models"
+    for name in (
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ):
+        assert (path / name).is_file(), name
+    assert json.loads((path / "config.json").read_text()) == model.hf_config
+    assert json.loads((path / "generation_config.json").read_text()) == {"bos_token_id": 1, "eos_token_id": 2}
+    # no staging directory left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def _safetensors(path: Path):
+    blob = path.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    return blob, n, header
+
+
+def test_safetensors_header(tiny):
+    model, _, path = tiny
+    blob, n, header = _safetensors(path / "model.safetensors")
+    assert n % 8 == 0
+    assert header.pop("__metadata__") == {"format": "pt"}
+    hf = model.hf_config
+    layers, h, inter, vocab = hf["num_hidden_layers"], hf["hidden_size"], hf["intermediate_size"], hf["vocab_size"]
+    kv = hf["num_key_value_heads"] * hf["head_dim"]
+    assert header["model.embed_tokens.weight"]["shape"] == [vocab, h]
+    assert header["lm_head.weight"]["shape"] == [vocab, h]  # tie_word_embeddings: false
+    assert header["model.layers.1.self_attn.k_proj.weight"]["shape"] == [kv, h]
+    assert header["model.layers.0.mlp.down_proj.weight"]["shape"] == [h, inter]
+    assert len(header) == 3 + 9 * layers
+    spans = []
+    for name, t in header.items():
+        assert t["dtype"] == "BF16", name
+        start, end = t["data_offsets"]
+        assert end - start == math.prod(t["shape"]) * 2, name
+        spans.append((start, end))
+    spans.sort()
+    assert spans[0][0] == 0
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # contiguous, no overlap
+    assert len(blob) == 8 + n + spans[-1][1]
+    # the parameter count the planner uses is the tensors' element count
+    elements = sum(math.prod(t["shape"]) for t in header.values())
+    assert elements == ModelShape.from_hf_config(model.hf_config).parameter_count()
+
+
+def test_safetensors_values(tiny):
+    import numpy as np
+
+    _, _, path = tiny
+    blob, n, header = _safetensors(path / "model.safetensors")
+    data = blob[8 + n :]
+
+    def tensor(name):
+        start, end = header[name]["data_offsets"]
+        bits = np.frombuffer(data[start:end], "<u2").astype(np.uint32) << 16
+        return bits.view(np.float32).reshape(header[name]["shape"])
+
+    assert np.all(tensor("model.norm.weight") == 1.0)
+    q = tensor("model.layers.0.self_attn.q_proj.weight")
+    assert np.isfinite(q).all()
+    assert 0.015 < float(q.std()) < 0.025  # normal(0, 0.02)
+
+
+def test_tokenizer_covers_the_vocabulary(tiny):
+    from tokenizers import Tokenizer
+
+    model, _, path = tiny
+    vocab_size = model.hf_config["vocab_size"]
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    assert tok.get_vocab_size(with_added_tokens=True) == vocab_size
+    assert sorted(tok.get_vocab(with_added_tokens=True).values()) == list(range(vocab_size))
+    for token_id in range(vocab_size):
+        assert tok.decode([token_id], skip_special_tokens=False), token_id
+    assert tok.id_to_token(1) == "<|begin_of_text|>" and tok.id_to_token(2) == "<|end_of_text|>"
+    # ordinary text round-trips through the byte-level pieces
+    text = "The capital of France is"
+    assert tok.decode(tok.encode(text).ids) == text
+    tok_cfg = json.loads((path / "tokenizer_config.json").read_text())
+    assert tok_cfg["bos_token"] == "<|begin_of_text|>" and tok_cfg["eos_token"] == "<|end_of_text|>"
+
+
+def test_materialise_is_idempotent(tiny, monkeypatch):
+    model, cache, path = tiny
+    before = {p.name: p.stat().st_mtime_ns for p in path.iterdir()}
+
+    def boom(*a, **k):
+        raise AssertionError("materialise rewrote the weights")
+
+    monkeypatch.setattr(models, "_random_safetensors", boom)
+    monkeypatch.setattr(models, "_tokenizer_files", boom)
+    assert models.materialise(model, cache) == str(path)
+    assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == before
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_generated_dir_depends_on_config_and_seed(tiny):
+    model, cache, path = tiny
+    reseeded = dataclasses.replace(model, seed=1)
+    assert models.model_dir(reseeded, cache) != str(path)
+    assert models.model_dir(dataclasses.replace(model), cache) == str(path)
+
+
+def test_materialise_dummy_shape_writes_no_weights(tmp_path):
+    hf = {
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 300,
+        "bos_token_id": 1,
+        "eos_token_id": [2, 3],
+    }
+    model = ModelConfig(name="shape-x", source=ModelSource.shape, load_format="dummy", hf_config=hf)
+    path = Path(models.materialise(model, str(tmp_path)))
+    assert path.parent == tmp_path / "shapes"
+    assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
+    assert not (path / "model.safetensors").exists()
+    assert models.inspect_model(model, str(tmp_path)) == (hf, [])  # read back from the written directory
+
+
+def test_materialise_leaves_real_paths_alone(tmp_path):
+    model = ModelConfig(name="real", source=ModelSource.shape, path=str(tmp_path / "weights"))
+    assert models.materialise(model, str(tmp_path / "cache")) == str(tmp_path / "weights")
+    assert not (tmp_path / "cache").exists()
+    no_weights = ModelConfig(name="real", source=ModelSource.shape)
+    assert models.model_dir(no_weights, str(tmp_path)) is None
+    assert models.materialise(no_weights, str(tmp_path / "cache")) is None
