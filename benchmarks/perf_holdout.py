@@ -37,19 +37,47 @@ def split(points, model: str, tp: int):
     return fitted, rerun, held
 
 
+def each(points) -> int:
+    """Leave-one-configuration-in: how much the answer depends on which configuration is measured."""
+    print("calibrated on      held-out MAPE: tok/s   TTFT   TPOT   constants")
+    for model, tp in sorted({(p.model, p.layout.tensor_parallel_size) for p in points}):
+        fitted, _, held = split(points, model, tp)
+        calibration = cal.fit(fitted)
+        rows = cal.evaluate(held, calibration)
+        figures = "  ".join(f"{cal.mape(rows, m):5.1f} %" for m in cal.METRICS)
+        constants = ", ".join(f"{n} {getattr(calibration, n):.3g}" for n in Calibration.FITTED)
+        print(f"{model} TP={tp:<5} {len(held):>3} points  {figures}   {constants}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calibrate-on", default="llama3-8b:1", help="MODEL:TP (default llama3-8b:1)")
+    parser.add_argument(
+        "--per-step",
+        action="store_true",
+        help="the alternative structure: a fixed cost per step (step_overhead_ms) instead of per layer",
+    )
+    parser.add_argument(
+        "--each", action="store_true", help="calibrate on each configuration in turn; one line of MAPEs each"
+    )
     parser.add_argument("--json", help="write the rows and figures here")
     args = parser.parse_args(argv)
-    model, tp = args.calibrate_on.split(":")
     points = cal.load_points([str(SWEEPS)])
+    if args.each:
+        return each(points)
+    model, tp = args.calibrate_on.split(":")
     fitted, rerun, held = split(points, model, int(tp))
     if not fitted:
         print(f"no points for {args.calibrate_on} under {SWEEPS}", file=sys.stderr)
         return 2
-    calibration = cal.fit(fitted)
-    constants = {n: round(getattr(calibration, n), 4) for n in Calibration.FITTED}
+    if args.per_step:
+        names = [n if n != "layer_overhead_us" else "step_overhead_ms" for n in Calibration.FITTED]
+        calibration = cal.fit(fitted, Calibration(layer_overhead_us=0.0, step_overhead_ms=1.0), names=names)
+    else:
+        names = list(Calibration.FITTED)
+        calibration = cal.fit(fitted)
+    constants = {n: round(getattr(calibration, n), 4) for n in names}
     print(f"calibrated on {args.calibrate_on}: {len(fitted)} point(s) ({', '.join(p.source for p in fitted[:1])} …)")
     print("constants: " + ", ".join(f"{k} {v}" for k, v in constants.items()))
     print("all-reduce latency: the interconnect's stated default (not fitted from TP=1)\n")

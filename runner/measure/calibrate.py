@@ -46,6 +46,8 @@ BOUNDS = {
     "prefill_efficiency": (0.05, 1.0),
     "decode_efficiency": (0.2, 1.0),
     "step_overhead_ms": (0.0, 20.0),
+    "layer_overhead_us": (0.0, 500.0),
+    "sequence_overhead_us": (0.0, 500.0),
     "request_overhead_ms": (0.0, 200.0),
     "allreduce_latency_us": (0.5, 200.0),
 }
@@ -196,10 +198,16 @@ def _residuals(points: Sequence[BenchPoint], cal: Calibration) -> np.ndarray:
     return np.asarray(out)
 
 
-def fit(points: Sequence[BenchPoint], start: Optional[Calibration] = None, iterations: int = 40) -> Calibration:
-    """Constants minimising the weighted squared log errors over ``points`` (all of one card)."""
+def fit(
+    points: Sequence[BenchPoint],
+    start: Optional[Calibration] = None,
+    iterations: int = 40,
+    names: Sequence[str] = Calibration.FITTED,
+) -> Calibration:
+    """Constants ``names`` minimising the weighted squared log errors over ``points`` (all of one card);
+    the others keep their values in ``start``."""
     start = start or Calibration()
-    names = list(Calibration.FITTED)
+    names = list(names)
     if any(p.layout.tensor_parallel_size > 1 for p in points):
         names.append("allreduce_latency_us")
     card = points[0].card() if points else None
@@ -216,7 +224,7 @@ def fit(points: Sequence[BenchPoint], start: Optional[Calibration] = None, itera
     hi = np.log([BOUNDS[n][1] for n in names])
 
     def calibration(t: np.ndarray) -> Calibration:
-        return start.with_constants(**{n: float(v) for n, v in zip(names, np.exp(t))})
+        return start.with_constants(**{n: float(v) for n, v in zip(names, np.exp(t), strict=True)})
 
     def objective(t: np.ndarray) -> np.ndarray:
         return np.concatenate([_residuals(points, calibration(t)), PRIOR_WEIGHT * (t - theta0)])
@@ -282,7 +290,7 @@ def calibrate(points: Sequence[BenchPoint], date: Optional[str] = None) -> Dict[
         cal = fit(group)
         rows = evaluate(group, cal)
         versions = sorted({p.vllm for p in group if p.vllm})
-        constants = {n: round(getattr(cal, n), 4) for n in (*Calibration.FITTED, "allreduce_latency_us")}
+        constants = {n: _round4(getattr(cal, n)) for n in Calibration.CONSTANTS}
         cards[key] = {
             "card": key,
             "nvml_names": sorted({p.card_name for p in group}),
@@ -293,6 +301,10 @@ def calibrate(points: Sequence[BenchPoint], date: Optional[str] = None) -> Dict[
             "points": [p.to_dict() for p in group],
         }
     return {"schema": SCHEMA, "cards": cards, "skipped": skipped}
+
+
+def _round4(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 4)
 
 
 def _round(value: Optional[float]) -> Optional[float]:

@@ -149,7 +149,11 @@ class Calibration:
 
     prefill_efficiency: float = 0.6  # of the dense tensor-core peak
     decode_efficiency: float = 0.8  # of the HBM bandwidth
-    step_overhead_ms: float = 1.0
+    # Fixed cost of every decoder layer in every step: the small kernels (norms, rotary, cache writes,
+    # activation) and the gaps between launches that take microseconds whatever their size.
+    layer_overhead_us: float = 30.0
+    step_overhead_ms: float = 0.0  # once per step; held at 0 by the default fit (see docs/tune.md)
+    sequence_overhead_us: float = 10.0  # per running sequence per step: scheduling, sampling, output
     request_overhead_ms: float = 5.0  # HTTP, tokenization, detokenization: once per request
     allreduce_latency_us: Optional[float] = None  # None: ALLREDUCE_LATENCY_US by interconnect
     calibrated: bool = False
@@ -157,7 +161,14 @@ class Calibration:
     vllm: Optional[str] = None
     error: Dict[str, Any] = field(default_factory=dict)  # the fit's own error, as the file records it
 
-    FITTED = ("prefill_efficiency", "decode_efficiency", "step_overhead_ms", "request_overhead_ms")
+    FITTED = (
+        "prefill_efficiency",
+        "decode_efficiency",
+        "layer_overhead_us",
+        "sequence_overhead_us",
+        "request_overhead_ms",
+    )
+    CONSTANTS = (*FITTED, "step_overhead_ms", "allreduce_latency_us")
 
     @classmethod
     def from_file_data(
@@ -170,7 +181,7 @@ class Calibration:
             where = f"no calibration for {key}" if key else "no card"
             return cls(source=f"{where}: stated defaults")
         constants = entry.get("constants") or {}
-        known = {k: float(constants[k]) for k in (*cls.FITTED, "allreduce_latency_us") if constants.get(k) is not None}
+        known = {k: float(constants[k]) for k in cls.CONSTANTS if constants.get(k) is not None}
         points = entry.get("points") or []
         return cls(
             **known,
@@ -264,7 +275,7 @@ class CostModel:
         kind = "nvlink" if link == card.nvlink_gbps and card.nvlink_gbps else "pcie"
         latency = cal.allreduce_latency_us if cal.allreduce_latency_us is not None else ALLREDUCE_LATENCY_US[kind]
         self.allreduce_latency_s = latency * 1e-6
-        self.overhead_s = cal.step_overhead_ms * 1e-3
+        self.overhead_s = cal.step_overhead_ms * 1e-3 + dims.num_hidden_layers * cal.layer_overhead_us * 1e-6
 
     def allreduce_s(self, tokens: float) -> float:
         if self.tp < 2:
@@ -292,7 +303,8 @@ class CostModel:
         flops = 2 * running * (d.active_layer_params + d.lm_head_params) / self.tp
         flops += self.attention_flops(running, context)
         busy = max(bytes_read / self.bytes_per_s, flops / self.flops_per_s)
-        return self.overhead_s + busy + self.allreduce_s(running)
+        sequences = running * self.cal.sequence_overhead_us * 1e-6
+        return self.overhead_s + sequences + busy + self.allreduce_s(running)
 
     def prefill_chunk_s(self, tokens: float, mean_context: float, prompts: float) -> float:
         d = self.dims
@@ -325,7 +337,7 @@ def predict(
 ) -> Prediction:
     """TTFT, TPOT and tokens/s at each of the workload's concurrencies (see the module's docstring)."""
     cal = calibration or Calibration()
-    constants = {k: getattr(cal, k) for k in (*Calibration.FITTED, "allreduce_latency_us")}
+    constants = {k: getattr(cal, k) for k in Calibration.CONSTANTS}
     cap, cap_why, kv_limit = max_running(layout, workload.input_len, workload.output_len)
     notes: List[str] = []
 
