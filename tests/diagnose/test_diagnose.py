@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the logs below keep vLLM's own line lengths
 """runner.diagnose.signatures: vLLM logs of failed starts -> the cause and the override that fixes it.
 
 Each log is shaped like vLLM's own output (process prefixes, the traceback's ERROR lines, the
@@ -14,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from runner.diagnose.signatures import EVIDENCE_CHARS, NOTE_CAUSES, Diagnosis, diagnose
 
 REPO = Path(__file__).resolve().parents[2]
@@ -461,7 +463,9 @@ def test_each_cause_and_its_fix(text, context, cause, override):
 def test_every_cause_is_covered():
     from runner.diagnose.signatures import RULES
 
-    assert {r.cause for r in RULES} == {c[3] for c in CASES}
+    # Here or in the real-log corpus (tests/diagnose/test_corpus.py).
+    corpus = json.loads((REPO / "tests/fixtures/failure_logs/index.json").read_text())
+    assert {r.cause for r in RULES} == {c[3] for c in CASES} | {e["cause"] for e in corpus}
 
 
 # --------------------------------------------------------------------------- precedence
@@ -566,12 +570,30 @@ def test_too_few_gpus_with_nothing_known_falls_back_to_the_runner_default():
 
 
 def test_oom_after_loading_offers_a_shorter_context_first():
-    text = OOM_LOADING.replace("Loading model from scratch...", "Model loading took 37.2 GiB and 20.1 seconds")
+    # Without frames, the last stage line places it: after "Model loading took", not the weights.
+    frameless = "\n".join(line for line in OOM_LOADING.splitlines() if "weight_loader" not in line)
+    text = frameless.replace("Loading model from scratch...", "Model loading took 37.2 GiB and 20.1 seconds")
     d = diagnose(text, {**H100X4, "tensor_parallel_size": 2})
     assert d.fix == "serve.max_model_len=4096 or serve.tensor_parallel_size=4"
     assert diagnose(OOM_LOADING, {**H100X4, "tensor_parallel_size": 2}).fix == (
         "serve.tensor_parallel_size=4 or serve.max_model_len=4096"
     )
+
+
+def test_oom_phase_comes_from_the_traceback_not_the_last_stage_line():
+    # A weight_loader frame is the weights, whatever stage line came last.
+    text = OOM_LOADING.replace("Loading model from scratch...", "Model loading took 37.2 GiB and 20.1 seconds")
+    d = diagnose(text, {**H100X4, "tensor_parallel_size": 2})
+    assert "loading the weights" in d.summary
+    assert d.fix == "serve.tensor_parallel_size=4 or serve.max_model_len=4096"
+    capture = OOM_LOADING.replace(
+        'vllm/model_executor/layers/linear.py", line 1180, in weight_loader',
+        'vllm/v1/worker/gpu_model_runner.py", line 4210, in capture_model',
+    )
+    d = diagnose(capture, H100X4)
+    assert "capturing CUDA graphs" in d.summary and d.fix.startswith("serve.enforce_eager=true")
+    profiling = OOM_LOADING.replace("in weight_loader", "in profile_run")
+    assert "profiling run" in diagnose(profiling, H100X4).summary
 
 
 def test_cpu_kv_cache_fix_is_the_runner_key():
@@ -654,3 +676,37 @@ def test_real_verified_runs_are_no_diagnosis(path):
 
 def test_real_captures_are_there():
     assert len(REAL_CLEAN_LOGS) >= 3
+
+
+# --------------------------------------------------------------------------- ports and hangs
+
+# vllm/utils.py's get_open_port in vLLM 0.6 (https://github.com/vllm-project/vllm/issues/11617).
+INTERNAL_BIND = log("""
+    Traceback (most recent call last):
+      File "/miniforge3/envs/vllm/lib/python3.10/site-packages/vllm/utils.py", line 572, in get_open_port
+        s.bind(("", 0))
+    OSError: [Errno 98] Address already in use
+""")
+
+
+def test_address_in_use_names_the_api_port_only_when_the_api_server_bound_it():
+    assert diagnose(INTERNAL_BIND, {"port": 8000}).cause == "internal_port_race"
+    assert diagnose(PORT_BIND).cause == "port_in_use"
+    # The bare error with nothing to say whose bind it was: no diagnosis rather than a wrong one.
+    assert diagnose("OSError: [Errno 98] Address already in use\n") is None
+
+
+WAITING = (
+    "(EngineCore pid=880) INFO 11-27 04:02:20 [ray_utils.py:466] Waiting for creating a placement group of specs "
+    "for {s} seconds. specs=[{{'GPU': 1.0}}, {{'GPU': 1.0}}]. Check `ray status` and `ray list nodes` to see if you "
+    "have enough resources."
+)
+
+
+def test_a_placement_group_still_waiting_is_a_hang_from_the_second_wait_on():
+    from runner.diagnose.signatures import HANG_CAUSES
+
+    assert diagnose(WAITING.format(s=10)) is None
+    d = diagnose(WAITING.format(s=10) + "\n" + WAITING.format(s=30))
+    assert d.cause == "ray_placement" and d.cause in HANG_CAUSES
+    assert "never formed" in d.summary and "ray status" in d.fix
