@@ -7,6 +7,10 @@ or 4") where vLLM's own advice is generic ("reduce tensor_parallel_size"). Every
 the wording vLLM, torch, NCCL or transformers prints; the comment beside it names the file
 (in vLLM 0.32 unless it says otherwise). Older wordings seen in vLLM's history and its issue
 threads (0.26's info-level mnnvl line, V0's KV-capacity error) are matched too, and marked.
+tests/fixtures/failure_logs holds real logs from public issue threads, each with the cause its
+thread established; tests/diagnose/test_corpus.py holds the rules to them (none may be wrong:
+no diagnosis is better than a wrong one, so a rule that cannot tell, like a bare "Address
+already in use", has a guard that reads the lines around it).
 
 Rules are tried in RULES order, most specific first, and the first that matches wins: when one
 rank hits an illegal memory access, the others time out in NCCL and the API server reports
@@ -15,7 +19,7 @@ EngineDeadError, and only the first of these is worth acting on. The fallout lin
 
 ``context`` may carry: tensor_parallel_size, pipeline_parallel_size, device,
 interconnect, gpu_count, num_attention_heads, valid_tp_sizes, max_model_len,
-gpu_memory_utilization, and also port and cpu_kvcache_space_gib.
+gpu_memory_utilization, max_num_seqs, and also port and cpu_kvcache_space_gib.
 """
 
 from __future__ import annotations
