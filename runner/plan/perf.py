@@ -430,7 +430,7 @@ def _median(values: Sequence[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def weights_bytes_estimate(dims: ModelDims, tp: int, pp: int = 1, quantization: Optional[str] = None) -> float:
+def weights_bytes_estimate(dims: ModelDims, tp: int, *, pp: int = 1, quantization: Optional[str] = None) -> float:
     """Weights per GPU from the dimensions, for when the memory model has none (a quantized model without
     its files): fp8 (online, vLLM's Fp8LinearMethod) stores the decoder's linear layers in 1 byte and keeps
     the embeddings and the LM head in bf16."""
