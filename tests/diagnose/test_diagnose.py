@@ -710,3 +710,21 @@ def test_a_placement_group_still_waiting_is_a_hang_from_the_second_wait_on():
     d = diagnose(WAITING.format(s=10) + "\n" + WAITING.format(s=30))
     assert d.cause == "ray_placement" and d.cause in HANG_CAUSES
     assert "never formed" in d.summary and "ray status" in d.fix
+
+
+# Real lines from the same threads as the corpus that look like the new causes but are not.
+LOOKALIKES = [
+    # https://github.com/vllm-project/vllm/issues/32338: transformers' notice, not a refusal.
+    "The argument `trust_remote_code` is to be used with Auto classes. It has no effect here and is ignored.",
+    # https://github.com/vllm-project/vllm-ascend/issues/2175: a warning; the platform plugin has its own ops.
+    "WARNING 08-02 03:04:08 [_custom_ops.py:20] Failed to import from vllm._C with ModuleNotFoundError(\"No module named 'vllm._C'\")",
+    # https://github.com/vllm-project/vllm/issues/6636: NCCL's info that NVLS is off, on a run that hung elsewhere.
+    "8a100-5:154785:154785 [3] NCCL INFO NVLS multicast support is not available on dev 3",
+    # https://github.com/vllm-project/vllm/issues/20654: the remote-code cache's import (a dotted model directory).
+    "ERROR 07-09 03:24:16 [core.py:586] ModuleNotFoundError: No module named 'transformers_modules.ERNIE-4.5-VL-28B-A3B-PT' Process",
+]
+
+
+@pytest.mark.parametrize("line", LOOKALIKES)
+def test_lookalikes_of_the_new_causes_are_no_diagnosis(line):
+    assert diagnose(line + "\n") is None
