@@ -436,3 +436,54 @@ def weights_bytes_estimate(dims: ModelDims, tp: int, *, pp: int = 1, quantizatio
     the embeddings and the LM head in bf16."""
     linear_bytes = 1 if (quantization or "").lower() in FP8_QUANTIZATIONS else 2
     return (dims.layer_params * linear_bytes + 2 * dims.lm_head_params * 2) / (tp * pp)
+
+
+def kv_bytes_per_token(dims: ModelDims, tp: int, kv_cache_dtype: Optional[str] = None) -> float:
+    """K and V of every layer one GPU holds, per token (runner.plan.memory's rule, for rows without it)."""
+    kv_bytes = 1 if (kv_cache_dtype or "").lower().startswith("fp8") else 2
+    heads = max(1, dims.num_key_value_heads // tp)
+    return dims.num_hidden_layers * heads * dims.head_dim * 2 * kv_bytes
+
+
+def predict_from_fit(
+    shape: Any,
+    fit: Mapping[str, Any],
+    card: Union[CardFacts, NoCardFacts],
+    workload: Workload,
+    *,
+    serve: Optional[Mapping[str, Any]] = None,
+    calibration: Optional[Calibration] = None,
+    interconnect: Optional[str] = None,
+    vllm_version: Optional[str] = None,
+) -> Prediction:
+    """The planner's entry point: one candidate of the fit table to a prediction.
+
+    ``shape``: a ModelShape (or a ModelDims); ``fit``: a MemoryFit.to_dict() or a fit-table row (its
+    ``tensor_parallel_size``, ``weights_gib_per_gpu``, ``kv_cache_tokens`` and, when present,
+    ``kv_bytes_per_token``); ``serve``: the serve section as a dict (``pipeline_parallel_size``,
+    ``max_num_seqs``, ``max_num_batched_tokens``, ``quantization``, ``kv_cache_dtype``), with vLLM's
+    defaults already filled in where the user left them unset."""
+    serve = serve or {}
+    dims = shape if isinstance(shape, ModelDims) else ModelDims.from_shape(shape)
+    tp = int(fit.get("tensor_parallel_size") or serve.get("tensor_parallel_size") or 1)
+    pp = int(serve.get("pipeline_parallel_size") or 1)
+    weights = fit.get("weights_gib_per_gpu")
+    weights_bytes = (
+        float(weights) * 2**30
+        if weights
+        else weights_bytes_estimate(dims, tp, pp=pp, quantization=serve.get("quantization"))
+    )
+    layout = Layout(
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        weights_bytes_per_gpu=weights_bytes,
+        kv_bytes_per_token=float(
+            fit.get("kv_bytes_per_token") or kv_bytes_per_token(dims, tp, serve.get("kv_cache_dtype"))
+        ),
+        kv_cache_tokens=fit.get("kv_cache_tokens"),
+        max_num_seqs=serve.get("max_num_seqs"),
+        max_num_batched_tokens=serve.get("max_num_batched_tokens"),
+        quantization=serve.get("quantization"),
+        interconnect=interconnect,
+    )
+    return predict(dims, layout, card, workload, calibration, vllm_version)

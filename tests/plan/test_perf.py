@@ -229,3 +229,21 @@ def test_card_table_facts_are_sane():
     assert match_card("NVIDIA H200").memory_bandwidth_gbps > match_card("NVIDIA H100 80GB HBM3").memory_bandwidth_gbps
     overridden = card_facts("NVIDIA H100 80GB HBM3", {"memory_bandwidth_gbps": 3000, "peak_fp8_tflops": None})
     assert overridden.memory_bandwidth_gbps == 3000 and overridden.overridden == ("memory_bandwidth_gbps",)
+
+
+def test_a_fit_table_row_predicts_like_the_explicit_layout():
+    row = {"tensor_parallel_size": 2, "weights_gib_per_gpu": 7.48, "kv_cache_tokens": 1_059_360, "fits": True}
+    serve = {"max_num_seqs": 1024, "max_num_batched_tokens": 8192}
+    shape = ModelShape.from_hf_config(LLAMA3_8B)
+    from_row = perf.predict_from_fit(shape, row, H100, Workload(512, 128, [1, 32]), serve=serve)
+    explicit = run(
+        layout(2, weights_bytes_per_gpu=7.48 * GIB, kv_cache_tokens=1_059_360, kv_bytes_per_token=65536),
+        concurrencies=[1, 32],
+    )
+    assert from_row.points == explicit.points
+    assert perf.kv_bytes_per_token(DIMS, 1) == 131072 and perf.kv_bytes_per_token(DIMS, 1, "fp8_e4m3") == 65536
+    # no weights in the row (a quantized model without its files): estimated from the dimensions
+    fp8 = perf.predict_from_fit(
+        shape, {"tensor_parallel_size": 1}, H100, Workload(512, 128, [1]), serve={"quantization": "fp8"}
+    )
+    assert fp8.predicted and fp8.points[0].tpot_ms < run(concurrencies=[1]).points[0].tpot_ms
