@@ -522,8 +522,9 @@ def _arch(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
 
 
 def _quant_gpu(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
-    method, need, have = m["method"], int(m["need"]) / 10, int(m["have"]) / 10
-    fix = f"model.path=<a checkpoint not quantized with {method} (bf16, AWQ or GPTQ)>"
+    method = m.groupdict().get("method") or "its compressed-tensors scheme"
+    need, have = int(m["need"]) / 10, int(m["have"]) / 10
+    fix = f"model.path=<a checkpoint not quantized with {method} (bf16, or a scheme this GPU runs)>"
     if method == "fp8":
         fix += ", or `pip install -U vllm` (newer releases run fp8 weights on capability 8.x through Marlin)"
     return (
@@ -606,6 +607,14 @@ def _model_len(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, s
 
 
 def _internal_port(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:
+    if "ZMQError" in m[0] and "ApiServer_" in before + m.string:
+        # Several API server processes (--api-server-count, data-parallel LB) pick ZMQ ports in parallel.
+        return (
+            "two of vLLM's API server processes picked the same internal ZMQ port at start-up; "
+            "the HTTP port is not the one",
+            "+serve.extra_args.api_server_count=1 (one API server process picks the ports), "
+            "or +hw.env.VLLM_PORT=<a base port no other engine on this node uses, e.g. 31000>",
+        )
     return (
         "a port vLLM picked for its own ranks (torch's TCPStore / its internal sockets) was taken "
         "before vLLM bound it, usually by another vLLM engine starting on the same node; the API "
@@ -694,6 +703,15 @@ RULES: Tuple[_Rule, ...] = (
         _r(
             r"The quantization method (?P<method>\S+) is not supported for the current GPU\. "
             r"Minimum capability: (?P<need>\d+)\. Current capability: (?P<have>\d+)"
+        ),
+        _quant_gpu,
+    ),
+    # vllm/model_executor/layers/quantization/compressed_tensors (a tuple printed as the message).
+    _Rule(
+        "quant_needs_newer_gpu",
+        _r(
+            r"Quantization scheme is not supported for ', 'the current GPU\. Min capability: (?P<need>\d+)\. ', "
+            r"'Current capability: (?P<have>\d+)"
         ),
         _quant_gpu,
     ),
@@ -827,6 +845,8 @@ RULES: Tuple[_Rule, ...] = (
     _Rule(
         "internal_port_race", _r(r"\[Errno (?:98|48)\] Address already in use"), _internal_port, guard=_internal_bind
     ),
+    # pyzmq: the sockets vLLM's processes talk over (API servers and engines), never the HTTP port.
+    _Rule("internal_port_race", _r(r"ZMQError: Address already in use"), _internal_port),
     # vllm/v1/worker/utils.py (0.32); older releases print no device name.
     _Rule(
         "free_memory_below_utilization",
