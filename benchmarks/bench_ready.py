@@ -5,7 +5,7 @@ Both are timed the same way, from outside: from the moment the command starts un
 machine hits both. Also prints the runner's own overhead before it spawns vLLM (from its
 manifests). Usage, from the repository root, with the runner's venv:
 
-    .venv/bin/python tools/bench_ready.py [--repeats 3] [hydra overrides for both, e.g. hw=cpu-2]
+    .venv/bin/python benchmarks/bench_ready.py [--repeats 3] [hydra overrides for both, e.g. hw=cpu-2]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the checkout's runner, installed or not
 from runner.launch.process import free_port  # noqa: E402
 
 
@@ -132,7 +132,8 @@ def main() -> None:
         stop(proc, group=False)
         overhead.append(json.loads((run_dir / "manifest.json").read_text())["timings"]["overhead_before_spawn_s"])
         print(
-            f"round {i + 1}: by hand {hand[-1]:.1f} s, runner {runner[-1]:.1f} s (overhead before spawn {overhead[-1]:.2f} s)",
+            f"round {i + 1}: by hand {hand[-1]:.1f} s, runner {runner[-1]:.1f} s "
+            f"(overhead before spawn {overhead[-1]:.2f} s)",
             flush=True,
         )
     print()

@@ -1,6 +1,6 @@
 """Ask vLLM itself whether it accepts a published model shape at a TP size, by starting it.
 
-    python3 tools/vllm_verdicts.py OUT_DIR FIXTURE:TP[@FIRST_GPU] […]
+    python3 benchmarks/vllm_verdicts.py OUT_DIR FIXTURE:TP[@FIRST_GPU] […]
 
 FIXTURE is a config.json under tests/fixtures/hf_configs/ (name without .json). Each case
 gets a model directory (that config, a generated tokenizer; weights are vLLM's dummy ones),
@@ -22,11 +22,12 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the checkout's runner, installed or not
 
 from runner.config.schema import ModelConfig, ModelSource  # noqa: E402
-from runner.plan.build import tp_violation  # noqa: E402
-from runner.probe.models import ModelShape, materialise  # noqa: E402
+from runner.launch.generate import materialise  # noqa: E402
+from runner.plan.rules import tp_violation  # noqa: E402
+from runner.plan.shape import ModelShape  # noqa: E402
 
 ERROR = re.compile(
     r"[^\n]{0,160}(ValueError|AssertionError|must be divisible|not divisible|is not supported)[^\n]{0,120}"
@@ -100,6 +101,8 @@ def ready(port: int) -> bool:
 
 
 def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        sys.exit(__doc__)
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     cases = []

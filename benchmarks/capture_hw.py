@@ -1,9 +1,9 @@
 """Record what a GPU machine says about itself, for the tests' fixtures.
 
-    python3 tools/capture_hw.py OUT.json
+    python3 benchmarks/capture_hw.py OUT.json
 
 Writes the `nvidia-smi` texts the runner parses (topo -m, topo -p2p r/w/n, nvlink -s, -L,
-the query CSV), the runner's own NVML probe (runner.probe.probe_hardware) and torch's P2P
+the query CSV), the runner's own NVML probe (runner.probe.hardware.probe_hardware) and torch's P2P
 answers, with how long each source took."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's runner, installed or not
 
 from runner.probe.hardware import probe_hardware  # noqa: E402
 

@@ -1,12 +1,12 @@
 """The memory model against what vLLM reported: one row per launch.
 
-    .venv/bin/python tools/memory_table.py docs/validation/*/*.manifest.json [--points OUT.json]
+    .venv/bin/python benchmarks/memory_table.py docs/validation/*/*.manifest.json [--points OUT.json]
 
 For each run's manifest, the planner is asked again, with today's model, for the same
 config on the same GPUs (from the manifest's hardware section and vLLM version), and its
 prediction is set beside vLLM's own start-up figures — read from the run's vllm.log
 (`NAME.vllm.log` beside a copied manifest, or the run directory's) or, without a log, from
-the manifest. --points writes the measured side as JSON for tests/test_memory.py.
+the manifest. --points writes the measured side as JSON for tests/plan/test_memory.py.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the checkout's runner, installed or not
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from runner.app import CONF_DIR  # noqa: E402
 from runner.config.schema import register_configs  # noqa: E402
 from runner.plan.build import make_plan  # noqa: E402
 from runner.probe.hardware import Gpu, HardwareProbe  # noqa: E402
@@ -86,7 +87,7 @@ def point_from_manifest(path: Path) -> Optional[Dict[str, Any]]:
 
 def predict(point: Dict[str, Any]) -> Dict[str, Any]:
     """The planner's fit for the point, on a probe of exactly its GPUs."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         node = compose("config", overrides=[*point["overrides"], "mode=check", "cache_dir=/nonexistent"])
     cfg = OmegaConf.to_object(node)
     gpus = tuple(
@@ -122,7 +123,8 @@ def rows(points: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def markdown(table: List[Dict[str, Any]]) -> str:
     lines = [
-        "| run | model | TP | util | other options | KV tokens predicted | KV tokens vLLM | error | activation GiB pred / vLLM | weights GiB pred / vLLM | outcome |",
+        "| run | model | TP | util | other options | KV tokens predicted | KV tokens vLLM | error "
+        "| activation GiB pred / vLLM | weights GiB pred / vLLM | outcome |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table:
@@ -141,13 +143,15 @@ def markdown(table: List[Dict[str, Any]]) -> str:
         )
         weights = f"{fit['weights_gib_per_gpu']:.2f} / {m['weights_gib']:.2f}" if m.get("weights_gib") else "—"
         lines.append(
-            f"| {p['name']} | {model} | {fit['tensor_parallel_size']} | {fit['gpu_memory_utilization']:g} | {', '.join(options) or '—'} | "
-            f"{fit['kv_cache_tokens']:,} | {m['kv_cache_tokens']:,} | {row['error_pct']:+.2f} % | {act} | {weights} | {p['outcome']} |"
+            f"| {p['name']} | {model} | {fit['tensor_parallel_size']} | {fit['gpu_memory_utilization']:g} "
+            f"| {', '.join(options) or '—'} | {fit['kv_cache_tokens']:,} | {m['kv_cache_tokens']:,} "
+            f"| {row['error_pct']:+.2f} % | {act} | {weights} | {p['outcome']} |"
         )
     worst = max(abs(r["error_pct"]) for r in table)
     lines.append("")
     lines.append(
-        f"{len(table)} points; largest KV-token error {worst:.2f} %; card: {table[0]['point']['gpu_name']}; vLLM {table[0]['point']['vllm']}"
+        f"{len(table)} points; largest KV-token error {worst:.2f} %; "
+        f"card: {table[0]['point']['gpu_name']}; vLLM {table[0]['point']['vllm']}"
     )
     return "\n".join(lines)
 

@@ -1,5 +1,5 @@
 """How long `python -m runner mode=plan …` takes, start to exit (the user's wait), and the
-planner alone in-process. Usage: .venv/bin/python tools/bench_plan.py [--repeats 10] [overrides]"""
+planner alone in-process. Usage: .venv/bin/python benchmarks/bench_plan.py [--repeats 10] [overrides]"""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's runner, installed or not
 
 
 def main() -> None:
@@ -35,16 +36,16 @@ def main() -> None:
         if out.returncode != 0:
             sys.exit(f"exit {out.returncode}:\n{out.stderr[-1500:]}")
 
-    sys.path.insert(0, str(ROOT))
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from runner.app import CONF_DIR
     from runner.config.schema import register_configs
     from runner.plan.build import make_plan
     from runner.probe.hardware import probe_hardware
 
     register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = OmegaConf.to_object(compose("config", overrides=["mode=plan", *args.overrides]))
     probe = probe_hardware(with_topology=False)
     inner = []

@@ -12,8 +12,8 @@ VLLM_CACHE_ROOT, so neither reuses what the other compiled (one round then costs
 per point and side, not three). Per-point and total times go to WORK/summary.json. Usage,
 from the repository root:
 
-    .venv/bin/python tools/bench_sweep.py [--rounds 1] --tp 1,2 [overrides…]
-    # H100 x4:  python3 tools/bench_sweep.py --no-warm --separate-caches --tp 1,2,4 \
+    .venv/bin/python benchmarks/bench_sweep.py [--rounds 1] --tp 1,2 [overrides…]
+    # H100 x4:  python3 benchmarks/bench_sweep.py --no-warm --separate-caches --tp 1,2,4 \
     #             bench=h100-quick hw=auto model=llama3-8b model.load_format=dummy
 """
 
@@ -30,13 +30,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the checkout's runner, installed or not
+
+# run as a script, its own folder is on sys.path
+from bench_ready import planned, stop, wait_listed  # noqa: E402
 
 from runner.launch.process import free_port  # noqa: E402
 from runner.measure import bench  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "tools"))
-from bench_ready import planned, stop, wait_listed  # noqa: E402
 
 
 def side_env(work: Path, separate: bool) -> dict:

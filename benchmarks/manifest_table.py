@@ -1,6 +1,6 @@
 """Print a markdown table of runner manifests (for docs/validation.md and sweep notes).
 
-python tools/manifest_table.py docs/validation/*/*.manifest.json
+python benchmarks/manifest_table.py docs/validation/*/*.manifest.json
 """
 
 from __future__ import annotations
