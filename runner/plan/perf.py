@@ -12,11 +12,12 @@ The model, per GPU:
   experts the step's tokens touch) and ``b × m`` tokens of KV cache, at ``decode_efficiency`` of the HBM
   bandwidth, unless its matmuls take longer at ``prefill_efficiency`` of the tensor-core peak; with TP ≥ 2
   it adds two all-reduces per layer (after attention and after the MLP) of ``b × hidden`` activations,
-  each ``latency + 2 (tp−1)/tp × bytes / link bandwidth``; plus ``step_overhead_ms`` (scheduling, sampling,
-  the launches CUDA graphs do not hide).
+  each ``latency + 2 (tp−1)/tp × bytes / link bandwidth``; plus fixed costs: ``layer_overhead_us`` per
+  layer (small kernels and launch gaps that CUDA graphs do not hide) and ``sequence_overhead_us`` per
+  running sequence (scheduling, sampling, output processing).
 - a **prefill chunk** of ``p ≤ max_num_batched_tokens`` prompt tokens costs ``2 × active parameters × p``
   FLOPs plus causal attention at ``prefill_efficiency`` of the peak (fp8 peak under fp8 weights on a card
-  with fp8 tensor cores), its all-reduces of ``p × hidden``, and the same step overhead.
+  with fp8 tensor cores), its all-reduces of ``p × hidden``, and the same per-layer fixed cost.
 - a **closed loop** of ``c`` clients, each sending ``input_len`` tokens and waiting for ``output_len``
   (``vllm bench serve --max-concurrency c --request-rate inf``): the clients start together, so every
   cycle the server prefills the ``c`` prompts in chunks and then runs ``output_len − 1`` decode steps of
@@ -32,9 +33,9 @@ The model, per GPU:
   expert's bytes are read once per step.
 
 Fitted constants (per card, few on purpose): ``prefill_efficiency``, ``decode_efficiency``,
-``step_overhead_ms``, ``request_overhead_ms``. The all-reduce latency is a stated property of the
-interconnect, not fitted from a TP=1 calibration (it cannot be); a calibration that includes TP ≥ 2 points
-fits it too.
+``layer_overhead_us``, ``sequence_overhead_us``, ``request_overhead_ms`` (:attr:`Calibration.FITTED`). The
+all-reduce latency is a stated property of the interconnect, not fitted from a TP=1 calibration (it cannot
+be); a calibration that includes TP ≥ 2 points fits it too.
 
 Not modelled: PP > 1 (pipeline bubbles and micro-batching; the prediction says so), speculative decoding,
 prefix caching (the benchmark's random prompts share no prefix), sliding-window attention (counted as full).
