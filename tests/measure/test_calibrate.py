@@ -150,3 +150,18 @@ def test_missing_file_is_no_calibration_and_a_foreign_file_is_refused(tmp_path):
     bad.write_text('{"schema": 99}')
     with pytest.raises(ValueError, match="schema"):
         calibrate.read_calibration(str(bad))
+
+
+def test_points_of_a_card_without_facts_are_skipped_with_the_reason():
+    manifest = json.loads(next(FIRST_SWEEP.glob("0_*/manifest.json")).read_text())
+    for gpu in manifest["hardware"]["gpus"]:
+        gpu["name"] = "NVIDIA Future GPU"
+    data = calibrate.calibrate(calibrate.points_from_manifest(manifest, "future.json"), date="2026-12-02")
+    assert data["cards"] == {}
+    assert data["skipped"] and all(
+        "no card facts" in line and "hw.memory_bandwidth_gbps" in line for line in data["skipped"]
+    )
+    # the profile's figures make it a card that can be calibrated, under its own name
+    manifest["config"]["hw"].update(memory_bandwidth_gbps=3350, peak_bf16_tflops=989.5)
+    data = calibrate.calibrate(calibrate.points_from_manifest(manifest, "future.json"), date="2026-12-02")
+    assert list(data["cards"]) == ["NVIDIA Future GPU"] and data["cards"]["NVIDIA Future GPU"]["date"] == "2026-12-02"
