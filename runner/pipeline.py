@@ -9,6 +9,7 @@ launched), 1 failed (vLLM did not come up, or did not verify).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -32,8 +33,6 @@ from runner.plan import cluster
 from runner.plan.build import Plan, make_plan
 from runner.plan.rules import valid_tp_sizes
 from runner.plan.shape import ModelShape
-from runner.preflight import doctor
-from runner.preflight import ray as ray_cluster
 from runner.preflight.gate import Preflight, run_preflight
 from runner.probe import models
 from runner.probe.hardware import HardwareProbe, probe_hardware
@@ -124,6 +123,8 @@ def execute(cfg_node: DictConfig, run_dir: Path, process_start: float, sweep: bo
 def _execute_slurm(job, cfg_node: DictConfig, run_dir: Path, process_start: float, sweep: bool) -> int:
     """A multi-node SLURM job: the first node starts Ray's head and runs the point, the others
     join it as Ray workers until the job ends (runner/launch/slurm.py)."""
+    from runner.preflight import ray as ray_cluster  # multi-node jobs only
+
     device = "cpu" if getattr(cfg_node.hw.device, "value", cfg_node.hw.device) == "cpu" else "cuda"
     devices = cluster.devices_per_node(cfg_node.hw) or 1
     code = slurm.run(slurm.ray_argv(job, devices, device), os.environ)
@@ -279,6 +280,8 @@ def _reject(run: Progress) -> int:
 
 
 def _doctor_verdict(run: Progress) -> int:
+    from runner.preflight import doctor  # mode=doctor and launches only
+
     rows = run.preflight.doctor_rows
     print(doctor.render(rows))
     failed = [r for r in rows if r.status == doctor.FAIL]
@@ -565,7 +568,7 @@ def _write_manifest(run: Progress, status: str, exit_code: int, **ending: Any) -
             placement=plan_.placement,
             fit=fit,
             cluster=pre.cluster,
-            doctor=doctor.to_records(pre.doctor_rows) if pre.doctor_rows else None,
+            doctor=[dataclasses.asdict(row) for row in pre.doctor_rows] or None,
         )
         if run.reported is not None:
             found["fit_check"] = sections.fit_check(fit, run.reported)

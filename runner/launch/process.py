@@ -15,8 +15,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence
@@ -28,6 +26,9 @@ class HttpError(RuntimeError):
 
 def http_json(url: str, payload: Optional[dict] = None, timeout: float = 10.0, api_key: Optional[str] = None) -> Any:
     """GET (or POST when payload is given) and decode JSON; HttpError on anything else."""
+    import urllib.error  # urllib.request pulls in http and email: only runs that talk to vLLM pay
+    import urllib.request
+
     data = json.dumps(payload).encode() if payload is not None else None
     headers = {"Content-Type": "application/json"}
     if api_key:
@@ -47,6 +48,9 @@ def http_json(url: str, payload: Optional[dict] = None, timeout: float = 10.0, a
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
+    import urllib.error  # see http_json
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status == 200

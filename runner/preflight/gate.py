@@ -10,23 +10,24 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from runner.config.schema import Mode, RunnerConfig
 from runner.plan.build import Plan
 from runner.plan.shape import ModelShape
-from runner.preflight import doctor, machine
-from runner.preflight import ray as ray_preflight
 from runner.probe.hardware import HardwareProbe
 from runner.probe.versions import installed_vllm
 from runner.problems import Problem
 from runner.record.manifest import dist_version
 
+if TYPE_CHECKING:
+    from runner.preflight.doctor import Check
+
 
 @dataclass(frozen=True)
 class Preflight:
     problems: Tuple[Problem, ...]
-    doctor_rows: Tuple[doctor.Check, ...] = ()
+    doctor_rows: Tuple[Check, ...] = ()
     cluster: Optional[Dict[str, Any]] = None  # the Ray cluster the run attaches to
 
     @property
@@ -48,6 +49,10 @@ def run_preflight(
     problems = tuple(inspection_problems) + tuple(p for p in plan.problems if p.key not in said)
     if not launching:  # mode=plan may plan for a machine elsewhere: this one is not checked
         return Preflight(problems)
+    # imported here: mode=plan checks nothing of this machine and does not pay for these modules
+    from runner.preflight import machine
+    from runner.preflight import ray as ray_preflight
+
     problems += tuple(machine.machine_problems(cfg))
     cluster = None
     if plan.cluster and cfg.hw.ray_address:
@@ -68,8 +73,10 @@ def _doctor(
     version: Optional[str],
     shape: Optional[ModelShape],
     problems: Sequence[Problem],
-) -> Tuple[List[doctor.Check], List[Problem]]:
+) -> Tuple[List[Check], List[Problem]]:
     """The machine's own checks (the table of mode=doctor): (the table, the failing ones)."""
+    from runner.preflight import doctor  # a launch's check only: see run_preflight
+
     architecture = shape.architecture if shape else None
     if cfg.mode is Mode.doctor and shutil.which(python):
         runtime = doctor.query_runtime(python, architecture, {**os.environ, **plan.env})

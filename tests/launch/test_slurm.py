@@ -7,6 +7,7 @@ import pytest
 
 from runner import pipeline as run_module
 from runner.launch import slurm
+from runner.preflight import ray as ray_cluster
 
 
 @pytest.mark.parametrize(
@@ -59,7 +60,7 @@ def test_the_head_node_starts_ray_waits_for_the_workers_runs_the_point_and_stops
     started, seen = [], {}
     monkeypatch.setattr(slurm, "run", lambda argv, env: started.append(list(argv)) or 0)
     answers = iter([{"alive_nodes": 1}, {"alive_nodes": 2}])
-    monkeypatch.setattr(run_module.ray_cluster, "check_ray_cluster", lambda *a, **k: (next(answers), []))
+    monkeypatch.setattr(ray_cluster, "check_ray_cluster", lambda *a, **k: (next(answers), []))
     monkeypatch.setattr(run_module.time, "sleep", lambda s: None)
     monkeypatch.setattr(
         run_module,
