@@ -12,7 +12,7 @@ import typing
 from typing import List, Optional
 
 from runner.config.schema import RunnerConfig
-from runner.plan.build import Problem
+from runner.problems import Problem
 
 
 def _chain(exc: BaseException) -> str:

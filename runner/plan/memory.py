@@ -31,11 +31,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
-from runner.probe.models import ModelShape
+from runner.plan.compat import parse_version
+from runner.plan.shape import ModelShape
 
 GIB = 2**30
-BLOCK_SIZE = 16
-CALIBRATED_VLLM = "0.26.0"  # the release whose reports the fitted constants come from  # vllm/config/cache.py: the CUDA attention backends' default block size
+BLOCK_SIZE = 16  # vllm/config/cache.py: the CUDA attention backends' default block size
+CALIBRATED_VLLM = "0.26.0"  # the release whose reports the fitted constants come from
 
 # vLLM's defaults when the serve options leave them unset (vllm/engine/arg_utils.py,
 # get_batch_defaults: the API server on a GPU with >= 70 GiB that is not an A100, else the
@@ -155,8 +156,6 @@ def graphs_counted(vllm_version: Optional[str]) -> bool:
     """Whether vLLM takes its CUDA-graph estimate out of the KV cache. 0.26's model runner
     (vllm/v1/worker/gpu/model_runner.py, profile_cudagraph_memory) returns 0; 0.32's
     estimates it. Releases in between are taken to behave like 0.32."""
-    from runner.plan.compat import parse_version
-
     parsed = parse_version(vllm_version)
     return parsed is None or parsed >= (0, 27)
 

@@ -1,14 +1,17 @@
-"""The rules vLLM enforces on a model split across ranks, and on the devices, checked from
-config.json and the probe before anything starts. Each names the vLLM file it comes from
-(read in 0.32; the same checks exist in 0.26). Pure functions: the planner calls them."""
+"""The tensor-parallel rules, all of them: which TP sizes vLLM accepts for a model (heads, KV
+heads, weight shards, quantized kernels), which TP x PP the runner picks when the user leaves
+them unset (one machine or several), and the device rules checked from the probe (bf16, free
+memory). Each names the vLLM file it comes from (read in 0.32; the same checks exist in 0.26).
+Pure functions: the planner (runner.plan.build) and the cluster plan (runner.plan.cluster)
+call them; a new TP rule goes into ``tp_violation`` or ``shard_violations``."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from runner.plan.shape import ModelShape
 from runner.probe.hardware import Gpu
-from runner.probe.models import ModelShape
 from runner.problems import Problem
 
 # vllm/model_executor/layers/quantization/utils/marlin_utils.py
@@ -23,6 +26,67 @@ MARLIN_METHODS = {"gptq", "awq", "gptq_marlin", "awq_marlin", "marlin"}
 def _quant(hf_config: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     cfg = (hf_config or {}).get("quantization_config") or {}
     return dict(cfg) if isinstance(cfg, Mapping) else {}
+
+
+def kv_heads_split_evenly(tp: int, kv_heads: int) -> bool:
+    # vllm/model_executor/layers/linear.py, QKVParallelLinear: with tp >= kv heads each KV
+    # head is replicated tp // kv times, otherwise kv heads are divided among ranks.
+    return tp % kv_heads == 0 if tp >= kv_heads else kv_heads % tp == 0
+
+
+def tp_violation(shape: ModelShape, tp: int, hf_config: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+    """Why vLLM cannot split this model over tp ranks; None when it can."""
+    # vllm/config/model.py, ModelConfig.verify_with_parallel_config.
+    if shape.num_attention_heads % tp:
+        return f"num_attention_heads={shape.num_attention_heads} is not divisible by it"
+    if not kv_heads_split_evenly(tp, shape.num_key_value_heads):
+        return f"num_key_value_heads={shape.num_key_value_heads} can be neither split nor replicated evenly"
+    return next(iter(shard_violations(shape, tp, hf_config)), None)
+
+
+def valid_tp_sizes(shape: Optional[ModelShape], limit: int, hf_config: Optional[Mapping[str, Any]] = None) -> List[int]:
+    """Every TP size up to limit that splits heads, KV heads and weights the way vLLM needs."""
+    return [tp for tp in range(1, max(limit, 1) + 1) if shape is None or tp_violation(shape, tp, hf_config) is None]
+
+
+def cluster_sizes(
+    serve_tp: Optional[int], serve_pp: Optional[int], per_node: int, nodes: int, shape: Optional[ModelShape]
+) -> Tuple[int, int, List[str]]:
+    """TP and PP over several nodes for what the user left unset, and notes saying so: TP fills
+    a node (the largest size that divides a node and splits the model), PP spans the nodes."""
+    total = per_node * nodes
+    notes: List[str] = []
+    if serve_tp is None and serve_pp is None:
+        tp, pp = per_node, nodes
+        if shape is not None and tp_violation(shape, tp) is not None:
+            fitting = [t for t in range(per_node, 0, -1) if per_node % t == 0 and tp_violation(shape, t) is None]
+            if fitting:
+                tp, pp = fitting[0], total // fitting[0]
+                notes.append(f"TP {per_node} (one node) does not split {shape.architecture}'s heads: TP {tp}, PP {pp}")
+        notes.append(f"parallel sizes not set: TP {tp} inside each node x PP {pp} across {nodes} node(s)")
+    elif serve_pp is None:
+        tp = serve_tp
+        pp = total // tp if tp > 0 and total % tp == 0 else nodes
+        notes.append(f"pipeline_parallel_size not set: {pp} (TP {tp} over {total} devices)")
+    elif serve_tp is None:
+        pp = serve_pp
+        tp = total // pp if pp > 0 and total % pp == 0 else per_node
+        notes.append(f"tensor_parallel_size not set: {tp} (PP {pp} over {total} devices)")
+    else:
+        tp, pp = serve_tp, serve_pp
+    return tp, pp, notes
+
+
+def pp_violation(shape: ModelShape, pp: int) -> Optional[Problem]:
+    """vllm/distributed/utils.py, get_pp_indices: every pipeline stage needs at least one layer."""
+    if pp <= shape.num_hidden_layers:
+        return None
+    return Problem(
+        "serve.pipeline_parallel_size",
+        pp,
+        f"more stages than num_hidden_layers={shape.num_hidden_layers}",
+        f"serve.pipeline_parallel_size<={shape.num_hidden_layers}",
+    )
 
 
 def shard_violations(shape: ModelShape, tp: int, hf_config: Optional[Mapping[str, Any]] = None) -> List[str]:
@@ -60,7 +124,8 @@ def shard_violations(shape: ModelShape, tp: int, hf_config: Optional[Mapping[str
         # Column-parallel outputs (gate_up_proj) need multiples of min_thread_n.
         if not padded and (inter // tp) % MARLIN_MIN_THREAD_N:
             why.append(
-                f"{method}: gate/up output per rank {inter // tp} is not divisible by min_thread_n={MARLIN_MIN_THREAD_N}"
+                f"{method}: gate/up output per rank {inter // tp} is not divisible by "
+                f"min_thread_n={MARLIN_MIN_THREAD_N}"
             )
     return why
 
@@ -99,7 +164,7 @@ def free_memory_problem(utilization: Optional[float], gpus: Sequence[Gpu], defau
     return Problem(
         "serve.gpu_memory_utilization",
         util,
-        f"GPU {g.index} has {g.memory_free_bytes / gib:.1f} of {g.memory_total_bytes / gib:.1f} GiB free, less than the "
-        f"{util:.2f} vLLM would take",
+        f"GPU {g.index} has {g.memory_free_bytes / gib:.1f} of {g.memory_total_bytes / gib:.1f} GiB free, "
+        f"less than the {util:.2f} vLLM would take",
         fix + ", or other GPUs (CUDA_VISIBLE_DEVICES)",
     )

@@ -228,8 +228,8 @@ def _attributes(trailing: Sequence[str], names: Sequence[str]) -> Dict[str, str]
     """
     filled = [c for c in trailing if c]
     if len(filled) == len(names) or len(trailing) != len(names):
-        return dict(zip(names, filled))
-    return dict(zip(names, trailing))
+        return dict(zip(names, filled, strict=False))
+    return dict(zip(names, trailing, strict=False))
 
 
 def parse_topo_matrix(text: str) -> TopoMatrix:

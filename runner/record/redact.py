@@ -7,14 +7,13 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping
 
-MASK = "***redacted***"
+from runner.plan.secret_flags import MASK, SECRET_OPTIONS
+
 # Whole words only: HF_TOKEN, VLLM_API_KEY, api_key, aws_secret_access_key — not
 # max_num_batched_tokens, nor api_key_env (which names a variable, not its value).
 _SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.IGNORECASE)
 _NAMES_A_VARIABLE = re.compile(r"_ENV$", re.IGNORECASE)
-# vLLM options that carry a secret: the planner refuses these in extra_args, and any of them
-# (or the SSL key password) found in an argv is masked.
-SECRET_OPTIONS = ("api_key", "hf_token")
+# Any of vLLM's secret options (or the SSL key password) found in an argv is masked.
 _SECRET_FLAGS = {"--" + name.replace("_", "-") for name in (*SECRET_OPTIONS, "ssl_keyfile_password")}
 
 

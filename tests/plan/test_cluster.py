@@ -1,21 +1,20 @@
-"""runner.plan.cluster: the cluster plan (TP inside a node, PP across nodes), the per-node
-`ray start` commands, NCCL's transport report, and a dead Ray address failing fast.
-Pure functions on composed profiles; nothing here starts Ray or vLLM (tests/test_multinode_ray.py does)."""
+"""runner.plan.cluster: the cluster plan (TP inside a node, PP across nodes) and the per-node
+`ray start` commands. Pure functions on composed profiles; nothing here starts Ray or vLLM
+(tests/e2e/test_multinode_ray.py does; tests/preflight/test_ray.py knocks on a dead address,
+tests/diagnose/test_nccl.py reads NCCL's transports)."""
 
 from __future__ import annotations
 
 import json
 import shlex
-import socket
-import time
 from typing import List
 
 import pytest
 from omegaconf import OmegaConf
 
 from runner.config.schema import HwConfig
-from runner.plan.cluster import ClusterPlan, check_ray_cluster, nccl_transport, plan_cluster, ray_start_commands
-from runner.probe.models import ModelShape
+from runner.plan.cluster import ClusterPlan, plan_cluster, ray_start_commands
+from runner.plan.shape import ModelShape
 from tests.e2e_util import run_runner
 
 IB_ENV = {"NCCL_SOCKET_IFNAME": "ib0", "GLOO_SOCKET_IFNAME": "ib0", "NCCL_IB_DISABLE": "0"}
@@ -277,87 +276,6 @@ def test_ray_start_commands_for_loopback_cpu(hw_for):
     )
     tagged = ray_start_commands(hw_for(["hw=ray-cpu-2"]), port=6390, temp_dir="/tmp/rt1")
     assert [c.split("--temp-dir=")[1].split()[0] for c in tagged] == ["/tmp/rt1/node0", "/tmp/rt1/node1"]
-
-
-# --------------------------------------------------------------------------- NCCL's transports
-
-IB_LOG = """\
-(RayWorkerWrapper pid=4121, ip=10.0.0.1) gpu-a:4121:4190 [0] NCCL INFO NET/IB : Using [0]mlx5_0:1/IB [1]mlx5_1:1/IB ; OOB ib0:10.0.0.1<0>
-(RayWorkerWrapper pid=4121, ip=10.0.0.1) gpu-a:4121:4190 [0] NCCL INFO Using network IB
-gpu-a:4121:4190 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/IPC
-gpu-a:4121:4190 [0] NCCL INFO Channel 01/0 : 0[0] -> 1[1] via P2P/CUMEM/read
-\x1b[36m(RayWorkerWrapper pid=5230, ip=10.0.0.2)\x1b[0m gpu-b:5230:5301 [7] NCCL INFO Channel 00/0 : 7[7] -> 8[0] [send] via NET/IB/0/GDRDMA
-gpu-b:5230:5301 [7] NCCL INFO Channel 00/0 : 7[7] -> 8[0] [send] via NET/IB/0/GDRDMA
-gpu-a:4121:4191 [0] NCCL INFO Channel 00/0 : 15[7] -> 0[0] [receive] via NET/IB/1/GDRDMA
-gpu-a:4121:4190 [0] NCCL INFO Connected all rings
-"""
-
-SOCKET_LOG = """\
-node1:811:860 [0] NCCL INFO NET/Socket : Using [0]eth0:192.168.1.10<0>
-node1:811:860 [0] NCCL INFO Using network Socket
-node1:811:860 [0] NCCL INFO Channel 00 : 0[0] -> 1[1] via SHM/direct/direct
-node1:811:861 [1] NCCL INFO Channel 00/0 : 1[1] -> 2[0] [send] via NET/Socket/0
-node2:902:950 [0] NCCL INFO Channel 00/0 : 1[1] -> 2[0] [receive] via NET/Socket/0
-"""
-
-
-def test_nccl_transport_over_infiniband():
-    found = nccl_transport(IB_LOG)
-    assert found["kinds"] == {"NET/IB": 2, "P2P": 2}  # the repeated line counts once
-    assert found["links"] == {"NET/IB/0/GDRDMA": 1, "NET/IB/1/GDRDMA": 1, "P2P/CUMEM/read": 1, "P2P/IPC": 1}
-    assert found["connections"] == 4
-    assert found["cross_node"] and found["gdr"]
-    assert found["network"] == "IB"
-    assert found["interfaces"] == ["mlx5_0:1/IB", "mlx5_1:1/IB"]
-    assert found["hosts"] == ["gpu-a", "gpu-b"]
-    assert found["warning"] is None
-
-
-def test_nccl_transport_warns_when_nodes_talk_over_sockets():
-    found = nccl_transport(SOCKET_LOG)
-    assert found["kinds"] == {"NET/Socket": 2, "SHM": 1}
-    assert found["network"] == "Socket" and found["interfaces"] == ["eth0:192.168.1.10<0>"]
-    assert found["cross_node"] and not found["gdr"]
-    assert found["warning"].startswith("2 cross-node connection(s) went over NET/Socket (TCP), not InfiniBand/RoCE")
-    assert "NCCL_IB_DISABLE" in found["warning"]
-
-
-def test_nccl_transport_on_a_log_without_nccl_lines():
-    found = nccl_transport("INFO 11-27 05:58:39 [api_utils.py:286] non-default args: {}\n")
-    assert found == {
-        "connections": 0,
-        "kinds": {},
-        "links": {},
-        "cross_node": False,
-        "network": None,
-        "interfaces": [],
-        "gdr": False,
-        "hosts": [],
-        "warning": None,
-    }
-
-
-# --------------------------------------------------------------------------- a dead address
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.parametrize("form", ["{port}", "ray://127.0.0.1:{port}"])
-def test_absent_ray_address_is_a_problem_in_seconds(form):
-    port = _closed_port()
-    address = form.format(port=port) if form.startswith("ray") else f"127.0.0.1:{port}"
-    started = time.monotonic()
-    summary, problems = check_ray_cluster(address, need_gpus=2, device="cpu")
-    assert time.monotonic() - started < 5
-    assert [p.key for p in problems] == ["hw.ray_address"]
-    assert problems[0].value == address
-    assert f"nothing answers at 127.0.0.1:{port}" in problems[0].message
-    assert "ray start --head" in problems[0].fix
-    assert summary["reachable"] is False and summary["alive_nodes"] == 0
 
 
 # --------------------------------------------------------------------------- a sweep through submitit

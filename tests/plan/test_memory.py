@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 
 from runner.plan import memory
 from runner.plan.build import make_plan
+from runner.plan.shape import ModelShape
 from runner.probe.hardware import Gpu, HardwareProbe
-from runner.probe.models import ModelShape
 from runner.record import vllm_log
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -211,10 +211,11 @@ def test_cpu_kv_cache_is_the_space_per_rank(plan_for):
 
 
 def test_weights_come_from_safetensors_headers_when_on_disk(compose, tmp_path):
+    from runner.launch.generate import materialise
     from runner.probe import models
 
     cfg = OmegaConf.to_object(compose(["hw=nvlink-2gpu", "model=tiny-llama", "mode=plan", f"cache_dir={tmp_path}"]))
-    path = models.materialise(cfg.model, cfg.cache_dir)
+    path = materialise(cfg.model, cfg.cache_dir)
     on_disk = models.safetensors_weights(path)
     size = (Path(path) / "model.safetensors").stat().st_size
     # the tensors' bytes are the file minus its 8-byte length and JSON header

@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 from runner.config.schema import ModelSource
 from runner.plan import compat
-from runner.plan.build import Plan, kv_heads_split_evenly, make_plan, render_extra_args, valid_tp_sizes
+from runner.plan.build import Plan, make_plan, render_extra_args
+from runner.plan.rules import kv_heads_split_evenly, valid_tp_sizes
 from runner.probe.hardware import HardwareProbe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -616,7 +617,8 @@ def test_fusion_merged_into_user_compilation_config(plan_for, probe_h100x4):
         NVL4
         + [
             "serve.tensor_parallel_size=2",
-            "+serve.extra_args.compilation_config={cudagraph_mode: FULL_DECODE_ONLY, pass_config: {eliminate_noops: true}}",
+            "+serve.extra_args.compilation_config="
+            "{cudagraph_mode: FULL_DECODE_ONLY, pass_config: {eliminate_noops: true}}",
         ],
         probe_h100x4,
         inherited_env={"NCCL_NVLS_ENABLE": "0"},

@@ -8,9 +8,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from runner.plan import rules
-from runner.plan.build import make_plan, valid_tp_sizes
+from runner.plan.build import make_plan
+from runner.plan.rules import valid_tp_sizes
+from runner.plan.shape import ModelShape
 from runner.probe.hardware import Gpu
-from runner.probe.models import ModelShape
 
 LLAMA = {
     "architectures": ["LlamaForCausalLM"],

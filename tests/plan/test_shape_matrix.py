@@ -31,8 +31,8 @@ from typing import Any, Dict, Optional
 
 import pytest
 
-from runner.plan.build import tp_violation, valid_tp_sizes
-from runner.probe.models import ModelShape
+from runner.plan.rules import tp_violation, valid_tp_sizes
+from runner.plan.shape import ModelShape
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hf_configs"
 

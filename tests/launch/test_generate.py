@@ -1,5 +1,5 @@
-"""Model shapes and parameter counts from config.json, and the generated model's files
-(config, tokenizer, safetensors) as vLLM reads them."""
+"""The generated model's files (config, tokenizer, safetensors) as vLLM reads them, and where
+they are written (runner/launch/generate.py, runner/probe/models.py's model_dir)."""
 
 from __future__ import annotations
 
@@ -14,39 +14,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from runner.config.schema import ModelConfig, ModelSource
+from runner.launch import generate
+from runner.plan.shape import ModelShape
 from runner.probe import models
-from runner.probe.models import ModelShape
-
-
-def _hf(compose, model):
-    return OmegaConf.to_object(compose([f"model={model}"])).model.hf_config
-
-
-@pytest.mark.parametrize(
-    "model, params, rel",
-    [
-        ("llama3-8b", 8.03e9, 0.01),
-        ("llama70b", 70.6e9, 0.01),
-        ("mixtral-8x7b", 46.7e9, 0.01),
-        ("qwen2.5-7b", 7.6e9, 0.02),  # the real 7.62e9 includes qkv biases we ignore
-        ("qwen2.5-72b", 72.7e9, 0.02),
-    ],
-)
-def test_parameter_count(compose, model, params, rel):
-    assert ModelShape.from_hf_config(_hf(compose, model)).parameter_count() == pytest.approx(params, rel=rel)
-
-
-def test_model_shape_fields(compose):
-    shape = ModelShape.from_hf_config(_hf(compose, "mixtral-8x7b"))
-    assert (shape.num_attention_heads, shape.num_key_value_heads, shape.num_experts) == (32, 8, 8)
-    assert shape.architecture == "MixtralForCausalLM" and shape.torch_dtype == "bfloat16"
-    # multimodal wrappers keep the language model's numbers in text_config
-    wrapped = ModelShape.from_hf_config({"architectures": ["X"], "text_config": _hf(compose, "llama3-8b")})
-    assert wrapped.num_attention_heads == 32 and wrapped.vocab_size == 128256
-    # num_key_value_heads absent: multi-head attention
-    mha = dict(_hf(compose, "llama3-8b"))
-    del mha["num_key_value_heads"]
-    assert ModelShape.from_hf_config(mha).num_key_value_heads == 32
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +24,7 @@ def tiny(compose, tmp_path_factory):
     """tiny-llama materialised once into a fresh cache dir: (ModelConfig, cache_dir, path)."""
     model = OmegaConf.to_object(compose(["model=tiny-llama"])).model
     cache = str(tmp_path_factory.mktemp("cache"))
-    return model, cache, Path(models.materialise(model, cache))
+    return model, cache, Path(generate.materialise(model, cache))
 
 
 def test_materialise_writes_the_model(tiny):
@@ -153,9 +123,9 @@ def test_materialise_is_idempotent(tiny, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("materialise rewrote the weights")
 
-    monkeypatch.setattr(models, "_random_safetensors", boom)
-    monkeypatch.setattr(models, "_tokenizer_files", boom)
-    assert models.materialise(model, cache) == str(path)
+    monkeypatch.setattr(generate, "_random_safetensors", boom)
+    monkeypatch.setattr(generate, "_tokenizer_files", boom)
+    assert generate.materialise(model, cache) == str(path)
     assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == before
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
@@ -180,7 +150,7 @@ def test_materialise_dummy_shape_writes_no_weights(tmp_path):
         "eos_token_id": [2, 3],
     }
     model = ModelConfig(name="shape-x", source=ModelSource.shape, load_format="dummy", hf_config=hf)
-    path = Path(models.materialise(model, str(tmp_path)))
+    path = Path(generate.materialise(model, str(tmp_path)))
     assert path.parent == tmp_path / "shapes"
     assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
     assert not (path / "model.safetensors").exists()
@@ -189,8 +159,8 @@ def test_materialise_dummy_shape_writes_no_weights(tmp_path):
 
 def test_materialise_leaves_real_paths_alone(tmp_path):
     model = ModelConfig(name="real", source=ModelSource.shape, path=str(tmp_path / "weights"))
-    assert models.materialise(model, str(tmp_path / "cache")) == str(tmp_path / "weights")
+    assert generate.materialise(model, str(tmp_path / "cache")) == str(tmp_path / "weights")
     assert not (tmp_path / "cache").exists()
     no_weights = ModelConfig(name="real", source=ModelSource.shape)
     assert models.model_dir(no_weights, str(tmp_path)) is None
-    assert models.materialise(no_weights, str(tmp_path / "cache")) is None
+    assert generate.materialise(no_weights, str(tmp_path / "cache")) is None

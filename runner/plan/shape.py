@@ -1,0 +1,139 @@
+"""A model's shape: the config.json fields the parallel rules and the memory estimate need,
+read into one frozen record. Pure: the dictionary comes from the probe (a model directory's
+config.json) or from the model entry's own numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+# Bytes per element of vLLM's --dtype names ("auto" is taken as the 16-bit default).
+DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "auto": 2}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The config.json fields the parallel rules and the memory estimate need."""
+
+    architecture: str
+    num_attention_heads: int
+    num_key_value_heads: int
+    num_hidden_layers: int
+    hidden_size: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    max_position_embeddings: Optional[int]
+    tie_word_embeddings: bool
+    num_experts: int
+    torch_dtype: Optional[str]
+    moe_intermediate_size: Optional[int] = None
+    experts_per_token: int = 2  # num_experts_per_tok: the experts each token is routed to
+    # The longest max_model_len vLLM accepts (vllm/config/model.py, _get_and_verify_max_len):
+    # max_position_embeddings, times the RoPE factor for scalings that don't pre-scale it.
+    context_length: Optional[int] = None
+
+    @classmethod
+    def from_hf_config(cls, cfg: Dict[str, Any]) -> "ModelShape":
+        text = cfg.get("text_config") or cfg  # multimodal wrappers keep the LM inside
+        architecture = (cfg.get("architectures") or ["unknown"])[0]
+        model_type = str(text.get("model_type") or cfg.get("model_type") or "").lower()
+        falcon = model_type in ("falcon", "refinedweb", "refinedwebmodel") or architecture in (
+            "FalconForCausalLM",
+            "RWForCausalLM",
+        )
+        gemma = model_type in ("gemma", "gemma2") or architecture in ("GemmaForCausalLM", "Gemma2ForCausalLM")
+        # Falcon's original (RefinedWeb) configs say n_head / n_layer / n_embed / n_head_kv.
+        heads = int(text.get("num_attention_heads") or text["n_head"])
+        layers = int(text.get("num_hidden_layers") or text["n_layer"])
+        hidden = int(text.get("hidden_size") or text["n_embed"])
+        if falcon:
+            # vllm/model_executor/models/falcon.py, FalconAttention (and FalconModelArchConfigConvertor in
+            # vllm/transformers_utils/model_arch_config_convertor.py): new_decoder_architecture -> num_kv_heads
+            # (multi_query is then ignored); else multi_query -> 1 KV head; else one per query head.
+            # transformers' FalconConfig defaults multi_query to True; the old RefinedWeb (40B) format is the
+            # new decoder architecture with its group count in n_head_kv.
+            new_decoder = text.get("new_decoder_architecture", model_type == "refinedweb")
+            if new_decoder:
+                kv_heads = int(text.get("num_kv_heads") or text.get("n_head_kv") or heads)
+            elif text.get("multi_query", True):
+                kv_heads = 1
+            else:
+                kv_heads = heads
+            head_dim = hidden // heads  # falcon.py: hidden_size // num_attention_heads, no head_dim key
+            inter = 4 * hidden  # falcon.py, FalconMLP: dense_h_to_4h is 4 * hidden_size, whatever the config says
+        else:
+            kv_heads = int(text.get("num_key_value_heads") or heads)
+            # Gemma's head_dim (256 for Gemma-2-9B) is not hidden_size // heads; transformers defaults it to 256.
+            head_dim = int(text.get("head_dim") or (256 if gemma else hidden // heads))
+            inter = int(text.get("intermediate_size") or 4 * hidden)
+        # Falcon (vllm falcon.py: "previous Falcon model doesn't have tie_word_embeddings config") and Gemma
+        # (gemma2.py computes logits from embed_tokens) tie the LM head when the config is silent.
+        tied_default = falcon or gemma
+        tied = cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", tied_default))
+        return cls(
+            architecture=architecture,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            num_hidden_layers=layers,
+            hidden_size=hidden,
+            head_dim=head_dim,
+            intermediate_size=inter,
+            vocab_size=int(text["vocab_size"]),
+            max_position_embeddings=text.get("max_position_embeddings"),
+            tie_word_embeddings=bool(tied_default if tied is None else tied),
+            num_experts=int(text.get("num_local_experts") or text.get("num_experts") or 1),
+            torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+            context_length=_derived_context(text),
+            moe_intermediate_size=text.get("moe_intermediate_size"),
+            experts_per_token=int(text.get("num_experts_per_tok") or 2),
+        )
+
+    def parameter_count(self) -> int:
+        """Weights of a decoder-only transformer, by family.
+
+        Llama / Mistral / Mixtral / Phi-3 / Qwen2: gated MLP (3 matrices), RMSNorm weights (2 a layer);
+        Qwen2 adds q/k/v biases. Gemma-2: gated MLP, 4 RMSNorms a layer (pre/post attention and
+        feed-forward), tied embeddings. Falcon: fused QKV without bias, a non-gated 4h MLP (2 matrices),
+        LayerNorm weight + bias, tied embeddings. The Llama count is exactly the tensors the runner
+        writes for its generated model."""
+        h, layers, head_dim = self.hidden_size, self.num_hidden_layers, self.head_dim
+        arch = self.architecture
+        falcon = arch in ("FalconForCausalLM", "RWForCausalLM")
+        q_out = self.num_attention_heads * head_dim
+        kv_out = self.num_key_value_heads * head_dim
+        attention = h * q_out + 2 * h * kv_out + q_out * h
+        if arch.startswith("Qwen2"):
+            attention += q_out + 2 * kv_out  # qkv_proj bias
+        matrices = 2 if falcon else 3
+        mlp = self.num_experts * matrices * h * self.intermediate_size
+        router = h * self.num_experts if self.num_experts > 1 else 0
+        if falcon:
+            # LayerNorm weight + bias: input_layernorm, or ln_attn + ln_mlp for the new decoder
+            # architecture (grouped KV heads); ln_f at the end.
+            grouped = 1 < self.num_key_value_heads < self.num_attention_heads
+            norms, final_norm = (4 if grouped else 2) * h, 2 * h
+        elif arch.startswith("Gemma2"):
+            norms, final_norm = 4 * h, h
+        else:
+            norms, final_norm = 2 * h, h
+        per_layer = attention + mlp + router + norms
+        # vllm/model_executor/layers/vocab_parallel_embedding.py pads the vocabulary to 64
+        vocab = -(-self.vocab_size // 64) * 64
+        embeddings = vocab * h * (1 if self.tie_word_embeddings else 2)
+        return embeddings + layers * per_layer + final_norm
+
+
+_PRESCALED_ROPE = {"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}
+
+
+def _derived_context(cfg: Dict[str, Any]) -> Optional[int]:
+    length = cfg.get("max_position_embeddings")
+    if not length:
+        return None
+    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    kind = rope.get("rope_type") or rope.get("type") if isinstance(rope, dict) else None
+    if kind and kind not in _PRESCALED_ROPE and rope.get("factor"):
+        length = length * float(rope["factor"])
+    return int(length)
