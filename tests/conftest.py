@@ -9,9 +9,6 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import DictConfig
@@ -20,6 +17,7 @@ from runner.config.schema import register_configs
 from runner.probe.hardware import HardwareProbe
 from tests import hwdata
 
+REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"  # conf/recipe is a symlink to ../recipes: +recipe=NAME works
 
 _cache: Dict[Tuple[str, ...], DictConfig] = {}

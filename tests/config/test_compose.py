@@ -111,7 +111,7 @@ def test_typo_error_names_the_key(compose):
 
 def _yaml_files():
     seen = {}
-    for root, dirs, files in os.walk(CONF, followlinks=True):
+    for root, _dirs, files in os.walk(CONF, followlinks=True):
         for f in files:
             if f.endswith((".yaml", ".yml")):
                 path = Path(root, f)
