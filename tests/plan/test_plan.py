@@ -71,7 +71,7 @@ def test_every_hw_model_plans(compose, request, hw, model, probe_name):
     plan = make_plan(cfg, probe, dict(cfg.model.hf_config) or None, VLLM, {}, python="python")
 
     if cfg.hw.nodes > 1:
-        # past one machine: Ray, PP across the nodes (tests/test_multinode.py has the details)
+        # past one machine: Ray, PP across the nodes (tests/plan/test_cluster.py has the details)
         assert plan.cluster and plan.cluster["uses_ray"]
         assert (
             plan.tensor_parallel_size * plan.pipeline_parallel_size == cfg.hw.nodes * plan.cluster["devices_per_node"]
