@@ -5,8 +5,8 @@ python benchmarks/manifest_table.py docs/validation/*/*.manifest.json
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -46,4 +46,6 @@ def main(paths) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("manifests", nargs="+", help="manifest.json files")
+    main(ap.parse_args().manifests)
