@@ -114,6 +114,10 @@ class Progress:
 
 # --------------------------------------------------------------------------- entry
 def execute(cfg_node: DictConfig, run_dir: Path, process_start: float, sweep: bool = False) -> int:
+    if getattr(cfg_node.mode, "value", cfg_node.mode) == "tune":  # plans and launches runs of its own
+        from runner.tune.run import execute as tune
+
+        return tune(cfg_node, run_dir, process_start)
     job = slurm.role(os.environ) if cfg_node.hw.nodes > 1 else None
     if job is None:
         return _execute_here(cfg_node, run_dir, process_start, sweep)

@@ -20,6 +20,7 @@ class Mode(str, enum.Enum):
     plan = "plan"  # resolve and validate only; nothing is launched
     doctor = "doctor"  # plan + the machine's own checks (vLLM imports, CUDA, /dev/shm, …)
     bench = "bench"  # check, then vLLM's own `vllm bench serve` against the server, then stop
+    tune = "tune"  # plan a search space, launch the most promising, bisect the load under an SLO (runner/tune)
 
 
 class Device(str, enum.Enum):
@@ -180,6 +181,28 @@ class BenchConfig:
 
 
 @dataclass
+class SloConfig:
+    """The latency target mode=tune serves under, as vLLM's bench reports it (p99 over a run's requests)."""
+
+    ttft_p99_ms: Optional[float] = None
+    tpot_p99_ms: Optional[float] = None
+    e2e_p99_ms: Optional[float] = None  # None: no end-to-end target
+
+
+@dataclass
+class TuneConfig:
+    """mode=tune (runner/tune, docs/tune.md): which configuration to serve under a latency target."""
+
+    slo: SloConfig = field(default_factory=SloConfig)
+    # override key -> the values to try, e.g. {serve.max_num_seqs: [64, 256], serve.quantization: [null, fp8]};
+    # the candidates are every combination, on top of the run's own overrides
+    space: Dict[str, Any] = field(default_factory=dict)
+    calibration: Optional[str] = None  # a file from `python -m runner.measure.calibrate`; None: stated defaults
+    max_launches: Optional[int] = None  # None: as many as pruning leaves
+    load: str = "concurrency"  # what the bisection raises: concurrency | rate (requests/s)
+
+
+@dataclass
 class RunnerConfig:
     hw: HwConfig = MISSING
     model: ModelConfig = MISSING
@@ -187,6 +210,7 @@ class RunnerConfig:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     mode: Mode = Mode.serve
     # Skip the run when its directory already holds a verified manifest of the same mode
     # (re-running a sweep with a fixed hydra.sweep.dir picks up where it stopped).
@@ -221,6 +245,8 @@ __all__: List[str] = [
     "ModelSource",
     "RunnerConfig",
     "ServeConfig",
+    "SloConfig",
+    "TuneConfig",
     "VerifyConfig",
     "register_configs",
 ]
