@@ -19,9 +19,10 @@ from omegaconf import DictConfig
 from runner import logs
 from runner.config.schema import register_configs
 
-PROCESS_START = time.time()
-# An absolute path: under `python -m` Hydra would otherwise look for a Python package "conf".
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# Shipped inside the package, so an installed wheel has its configs. An absolute path: under
+# `python -m` Hydra would otherwise look for a Python package "conf". A team's own directory
+# is added on top with Hydra's --config-dir (docs/team-config.md).
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 _exit_codes: List[int] = []
 _job_started = False
 
@@ -34,12 +35,11 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _process_start() -> float:
-    try:  # the interpreter's own start, so the overhead figure includes imports
-        import psutil
+    # runner/__init__'s import, not the process's creation: a shell that sets up a virtual
+    # environment and then execs Python would put that set-up into the runner's overhead.
+    from runner import STARTED
 
-        return psutil.Process().create_time()
-    except Exception:
-        return PROCESS_START
+    return STARTED
 
 
 def _sigterm(signum, frame):
@@ -52,7 +52,7 @@ def _job(cfg: DictConfig) -> None:
     _job_started = True
     from runner.pipeline import execute
 
-    # The first job's clock starts with the interpreter; a multirun's later jobs with themselves.
+    # The first job's clock starts with the runner's code; a multirun's later jobs with themselves.
     started = _process_start() if not _exit_codes else time.time()
     sweep = HydraConfig.get().mode is RunMode.MULTIRUN
     code = execute(cfg, Path(HydraConfig.get().runtime.output_dir), started, sweep=sweep)

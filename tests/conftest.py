@@ -1,4 +1,4 @@
-"""Shared fixtures: Hydra composition of conf/ and hardware probes from recorded captures.
+"""Shared fixtures: Hydra composition of runner/conf/ and hardware probes from recorded captures.
 
 Nothing here launches vLLM or touches the machine's GPUs."""
 
@@ -18,13 +18,13 @@ from runner.probe.hardware import HardwareProbe
 from tests import hwdata
 
 REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"  # conf/recipe is a symlink to ../recipes: +recipe=NAME works
+CONF_DIR = REPO / "runner" / "conf"  # the configs the package ships; +recipe=NAME from its recipe/
 
 _cache: Dict[Tuple[str, ...], DictConfig] = {}
 
 
 def compose_config(overrides: Sequence[str]) -> DictConfig:
-    """conf/config.yaml composed with ``overrides`` (a fresh copy on every call)."""
+    """runner/conf/config.yaml composed with ``overrides`` (a fresh copy on every call)."""
     key = tuple(overrides)
     if key not in _cache:
         register_configs()

@@ -1,6 +1,6 @@
 """The config schema: dataclasses registered in Hydra's ConfigStore.
 
-YAML files under ``conf/`` are data; these classes are the types. A misspelt key or a
+YAML files under ``runner/conf/`` are data; these classes are the types. A misspelt key or a
 wrong type fails when Hydra composes the config, not minutes later inside vLLM.
 """
 
@@ -79,7 +79,7 @@ class HwConfig:
     # Each node's IP, the head (where the runner and the API server run) first. Each node's
     # VLLM_HOST_IP and `ray start --node-ip-address`. Empty: placeholders in the commands.
     node_ips: List[str] = field(default_factory=list)
-    # SLURM job settings for `-m hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml reads
+    # SLURM job settings for `-m hydra/launcher=slurm` (runner/conf/hydra/launcher/slurm.yaml reads
     # them): partition, time_min, gpus_per_node, account, qos, cpus_per_task, mem_gb, …
     slurm: Dict[str, Any] = field(default_factory=dict)
     # Each GPU's memory bandwidth in GB/s (decimal), for the sweep report's roofline

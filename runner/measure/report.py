@@ -92,7 +92,7 @@ PLOTS = {
     "latency_vs_tp": "latency_vs_tp.png",
     "tokens_per_gpu": "tokens_per_gpu.png",
 }
-# Overrides that say where or how a point ran, not what it measured (as conf/config.yaml's
+# Overrides that say where or how a point ran, not what it measured (as runner/conf/config.yaml's
 # hydra.job.config.override_dirname.exclude_keys), and TP itself: the rest names a variant.
 _NOT_VARIANT = {
     "serve.tensor_parallel_size",

@@ -15,8 +15,8 @@ from omegaconf.errors import OmegaConfBaseException
 from runner.config.schema import Device, Mode, ModelSource, RunnerConfig
 
 REPO = Path(__file__).resolve().parents[2]
-CONF = REPO / "conf"
-RECIPES = REPO / "recipes"
+CONF = REPO / "runner" / "conf"
+RECIPES = CONF / "recipe"
 HW = sorted(p.stem for p in (CONF / "hw").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 RECIPE_NAMES = sorted(p.stem for p in RECIPES.glob("*.yaml"))
@@ -29,7 +29,7 @@ def test_the_matrix_is_not_empty():
     assert {"tiny-llama", "llama70b", "qwen2.5-7b", "local"} <= set(MODELS)
     assert {"tiny-llama-cpu-2", "llama70b-nvlink-4gpu", "llama70b-pcie-4gpu"} <= set(RECIPE_NAMES)
     assert set(MODES) == {"serve", "check", "plan", "doctor", "bench"}
-    assert (CONF / "recipe").resolve() == RECIPES.resolve()
+    assert (REPO / "recipes").resolve() == RECIPES.resolve()  # the repo's shortcut to the shipped recipes
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -135,7 +135,7 @@ YAML_FILES = _yaml_files()
 
 def test_yaml_files_found():
     names = {p.relative_to(REPO).as_posix() for p in YAML_FILES}
-    assert "conf/config.yaml" in names and "conf/serve/default.yaml" in names
+    assert "runner/conf/config.yaml" in names and "runner/conf/serve/default.yaml" in names
     assert len(YAML_FILES) >= len(HW) + len(MODELS) + len(RECIPE_NAMES) + 2
 
 

@@ -331,7 +331,7 @@ def test_cli(sweep, tmp_path):
 
 
 def test_hydra_multirun_calls_the_callback(tmp_path):
-    """A real `python -m runner -m` sweep in mode=plan (nothing launched): conf/config.yaml
+    """A real `python -m runner -m` sweep in mode=plan (nothing launched): runner/conf/config.yaml
     registers the callback, and the report lands in hydra.sweep.dir."""
     sweep = tmp_path / "sweep"
     done = subprocess.run(
