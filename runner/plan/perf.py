@@ -82,7 +82,7 @@ class ModelDims:
 
     @classmethod
     def from_shape(cls, shape: Any) -> "ModelDims":
-        """From runner.probe.models.ModelShape (or anything with its attribute names)."""
+        """From runner.plan.shape.ModelShape (or anything with its attribute names)."""
         falcon = getattr(shape, "architecture", "") in ("FalconForCausalLM", "RWForCausalLM")
         return cls(
             num_hidden_layers=shape.num_hidden_layers,

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from runner.launch.pyenv import module_argv, with_runner_path
 from runner.plan.cluster import DEFAULT_RAY_PORT, RAY_INSTALL
@@ -74,18 +74,30 @@ def check_ray_cluster(
         "cpus": 0.0,
         "warnings": [],
     }
-    problems: List[Problem] = []
     try:
         where = _host_port(address)
     except ValueError:
         return summary, [_address_problem(address, "not host:port")]
+    record, problems = _attach(address, where, timeout_s, python)
+    summary["elapsed_s"] = round(time.time() - started, 2)
+    if record is None:
+        return summary, problems
+    summary.update(_cluster_summary(record))
+    per_worker = need_cpus_per_worker if need_cpus_per_worker is not None else (1 if device == "cpu" else 0)
+    return summary, _size_problems(summary, address, need_gpus, per_worker, device, expect_nodes)
+
+
+def _attach(
+    address: str, where: Optional[Tuple[str, int]], timeout_s: float, python: Optional[str]
+) -> Tuple[Optional[Dict[str, Any]], List[Problem]]:
+    """What ray_attach printed about the cluster, or the problem that stopped it: first a knock
+    on the port (seconds), then the attach itself under the timeout."""
     if where is not None:
         try:
             with socket.create_connection(where, timeout=min(3.0, timeout_s)):
                 pass
         except OSError as exc:
-            summary["elapsed_s"] = round(time.time() - started, 2)
-            return summary, [
+            return None, [
                 _address_problem(address, f"nothing answers at {where[0]}:{where[1]} ({exc.strerror or exc})")
             ]
     try:
@@ -98,38 +110,33 @@ def check_ray_cluster(
             start_new_session=True,
         )
     except subprocess.TimeoutExpired:
-        summary["elapsed_s"] = round(time.time() - started, 2)
-        return summary, [
+        return None, [
             _address_problem(address, f"something listens there, but Ray did not attach within {timeout_s:g} s")
         ]
     record = None
     for line in done.stdout.splitlines():
         if line.startswith(ray_attach.MARK):
             record = json.loads(line[len(ray_attach.MARK) :])
-    summary["elapsed_s"] = round(time.time() - started, 2)
     if record is None:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
-        return summary, [_address_problem(address, f"the Ray probe failed: {tail[0][:300]}")]
+        return None, [_address_problem(address, f"the Ray probe failed: {tail[0][:300]}")]
     if record.get("error") == "import":
-        return summary, [
+        return None, [
             Problem(
                 "launch.python", python or sys.executable, f"Ray is not installed ({record['detail']})", RAY_INSTALL
             )
         ]
     if record.get("error"):
-        return summary, [_address_problem(address, f"Ray could not attach: {record['detail'][:300]}")]
+        return None, [_address_problem(address, f"Ray could not attach: {record['detail'][:300]}")]
+    return record, []
 
-    summary.update(
-        reachable=True,
-        ray_version=record["ray_version"],
-        gcs_address=record["gcs_address"],
-        connect_s=record["connect_s"],
-        resources=record["resources"],
-    )
-    alive = [n for n in record["nodes"] if n.get("Alive")]
+
+def _cluster_summary(record: Mapping[str, Any]) -> Dict[str, Any]:
+    """The attached cluster: its nodes (IP, hostname, GPUs, CPUs each) and the alive totals."""
+    nodes = []
     for n in record["nodes"]:
         res = n.get("Resources") or {}
-        summary["nodes"].append(
+        nodes.append(
             {
                 "node_id": n.get("NodeID"),
                 "ip": n.get("NodeManagerAddress"),
@@ -140,26 +147,48 @@ def check_ray_cluster(
                 "cpus": res.get("CPU", 0.0),
             }
         )
-    live = [n for n in summary["nodes"] if n["alive"]]
-    summary["alive_nodes"] = len(alive)
-    summary["dead_nodes"] = len(record["nodes"]) - len(alive)
-    summary["gpus"] = sum(n["gpus"] for n in live)
-    summary["cpus"] = sum(n["cpus"] for n in live)
-    summary["ips"] = sorted({n["ip"] for n in live})
-    if len(summary["ips"]) < len(live):
-        summary["warnings"].append(
-            f"{len(live)} alive nodes share {len(summary['ips'])} IP(s): vLLM's Ray executor stops with "
+    live = [n for n in nodes if n["alive"]]
+    ips = sorted({n["ip"] for n in live})
+    warnings = []
+    if len(ips) < len(live):
+        warnings.append(
+            f"{len(live)} alive nodes share {len(ips)} IP(s): vLLM's Ray executor stops with "
             '"Every node should have a unique IP address" when its workers land on more than one of them'
         )
+    return {
+        "reachable": True,
+        "ray_version": record["ray_version"],
+        "gcs_address": record["gcs_address"],
+        "connect_s": record["connect_s"],
+        "resources": record["resources"],
+        "nodes": nodes,
+        "alive_nodes": len(live),
+        "dead_nodes": len(nodes) - len(live),
+        "gpus": sum(n["gpus"] for n in live),
+        "cpus": sum(n["cpus"] for n in live),
+        "ips": ips,
+        "warnings": warnings,
+    }
 
-    per_worker = need_cpus_per_worker if need_cpus_per_worker is not None else (1 if device == "cpu" else 0)
+
+def _size_problems(
+    summary: Mapping[str, Any],
+    address: str,
+    need_gpus: int,
+    per_worker: float,
+    device: str,
+    expect_nodes: Optional[int],
+) -> List[Problem]:
+    """Too few GPUs, CPUs or nodes alive for TP x PP ranks."""
+    problems: List[Problem] = []
+    alive = summary["alive_nodes"]
     if device == "cpu":
         need_cpus = need_gpus * per_worker
         if summary["cpus"] < need_cpus:
             problems.append(
                 _short(
                     address,
-                    f"{summary['cpus']:g} CPU(s) on {len(live)} alive node(s); TP x PP = {need_gpus} ranks "
+                    f"{summary['cpus']:g} CPU(s) on {alive} alive node(s); TP x PP = {need_gpus} ranks "
                     f"need {need_cpus:g}",
                     "--num-cpus",
                 )
@@ -169,7 +198,7 @@ def check_ray_cluster(
             problems.append(
                 _short(
                     address,
-                    f"{summary['gpus']:g} GPU(s) on {len(live)} alive node(s); TP x PP needs {need_gpus}",
+                    f"{summary['gpus']:g} GPU(s) on {alive} alive node(s); TP x PP needs {need_gpus}",
                     "--num-gpus",
                 )
             )
@@ -179,15 +208,15 @@ def check_ray_cluster(
                     address, f"{summary['cpus']:g} CPU(s); {need_gpus} workers x {per_worker:g} need more", "--num-cpus"
                 )
             )
-    if expect_nodes is not None and len(live) < expect_nodes:
+    if expect_nodes is not None and alive < expect_nodes:
         problems.append(
             _short(
                 address,
-                f"{len(live)} alive node(s), hw.nodes={expect_nodes}",
+                f"{alive} alive node(s), hw.nodes={expect_nodes}",
                 "--num-gpus" if device == "cuda" else "--num-cpus",
             )
         )
-    return summary, problems
+    return problems
 
 
 def _short(address: str, message: str, flag: str) -> Problem:
