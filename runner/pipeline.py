@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -49,6 +49,14 @@ from runner.record.manifest import (
     write_json_atomic,
 )
 from runner.record.redact import redact_argv, redact_env, redact_tree, scrub_files, secret_values
+
+if TYPE_CHECKING:  # the launch side's records; its modules are imported when a launch runs
+    from runner.launch.server import Launched, RuntimeFacts
+    from runner.measure.stage import BenchRecord
+    from runner.preflight.allreduce import CollectiveCheck
+    from runner.verify.completion import Completion
+    from runner.verify.ready import Readiness
+    from runner.verify.reference import Equivalence
 
 EXIT_OK, EXIT_FAILED, EXIT_REJECTED = 0, 1, 2
 log = logs.get("runner")
@@ -94,16 +102,16 @@ class Progress:
         self.preflight: Optional[Preflight] = None
         self.notes: List[str] = []  # said after planning (plan mode's model files)
         self.spec: Optional[LaunchSpec] = None
-        self.collective: Any = None
-        self.launched: Any = None
-        self.runtime_facts: Any = None
+        self.collective: Optional[CollectiveCheck] = None
+        self.launched: Optional[Launched] = None
+        self.runtime_facts: Optional[RuntimeFacts] = None
         self.topology_matrix: Optional[str] = None
-        self.ready: Any = None
-        self.completion: Any = None
+        self.ready: Optional[Readiness] = None
+        self.completion: Optional[Completion] = None
         self.reported: Optional[Dict[str, Any]] = None
         self.nccl_transport: Optional[Dict[str, Any]] = None
-        self.equivalence: Any = None
-        self.bench: Any = None
+        self.equivalence: Optional[Equivalence] = None
+        self.bench: Optional[BenchRecord] = None
         self.teardown: Optional[Dict[str, Any]] = None
         self.failure_sections: Dict[str, Any] = {}
 
