@@ -20,9 +20,11 @@ quiet "$py" -m pip wheel -q --no-deps -w "$work/dist" "$work/src"
 wheel=$(ls "$work"/dist/vllm_tp_runner-*.whl)
 
 "$py" -m venv "$work/venv"
-quiet "$work/venv/bin/python" -m pip install -q --no-deps "$wheel"
+# the light dependencies first, then the wheel without its heavy ones (matplotlib: the sweep
+# report's plots), so pip's resolver has no missing requirement to warn about
 quiet "$work/venv/bin/python" -m pip install -q "hydra-core>=1.3.2,<1.4" "omegaconf>=2.3,<2.4" "structlog>=24.1" \
   "nvidia-ml-py>=12.535" "psutil>=5.9" "numpy>=1.24" "huggingface_hub>=0.34"
+quiet "$work/venv/bin/python" -m pip install -q --no-deps "$wheel"
 
 mkdir -p "$work/elsewhere"
 cp -r "$repo/tests/fixtures/team_conf" "$work/elsewhere/team-conf"

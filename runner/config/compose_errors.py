@@ -59,7 +59,7 @@ def problem_from_compose_error(exc: BaseException) -> Problem:
             if close
             else f"{prefix}{group}=" + "|".join(options)
             if options
-            else f"add conf/{group}/{option}.yaml"
+            else f"add {group}/{option}.yaml to a config dir and pass -cd DIR"
         )
         if options and close:
             fix += f" (options: {', '.join(options)})"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from runner.config.schema import ModelConfig, ModelSource
+from runner.probe import hub
 from runner.problems import Problem
 
 # The config.json keys ModelShape cannot do without (runner.plan.shape).
@@ -36,7 +37,11 @@ def model_dir(model: ModelConfig, cache_dir: str) -> Optional[str]:
 
     None when a shape entry has neither a path nor load_format=dummy (the plan says why)."""
     if model.path:
-        return os.path.expanduser(model.path) if os.path.isdir(os.path.expanduser(model.path)) else model.path
+        if os.path.isdir(os.path.expanduser(model.path)):
+            return os.path.expanduser(model.path)
+        ref = hub.parse(model.path, model.revision)
+        # a cached hub model is served from its snapshot: the revision planned is the one served
+        return (hub.snapshot_dir(ref) or ref.repo_id) if ref else model.path
     if model.source is ModelSource.generated:
         return str(cache_root(cache_dir) / "models" / f"{model.name}-{_config_digest(model)}")
     if model.source is ModelSource.shape and model.load_format == "dummy":
@@ -47,16 +52,25 @@ def model_dir(model: ModelConfig, cache_dir: str) -> Optional[str]:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "tekken.json")
 
 
-def inspect_model(model: ModelConfig, cache_dir: str) -> Tuple[Optional[Dict[str, Any]], List[Problem]]:
+def inspect_model(
+    model: ModelConfig, cache_dir: str, trust_remote_code: bool = False
+) -> Tuple[Optional[Dict[str, Any]], List[Problem]]:
     """The model's config.json (or the entry's own numbers), and what is wrong with its files.
 
     Checked before launch because vLLM finds these minutes later, behind a stack trace."""
+    hf, problems = _inspect_model(model, cache_dir)
+    remote = hub.remote_code_problem(hf or {}, trust_remote_code, model.path or model.name)
+    return hf, problems + ([remote] if remote else [])
+
+
+def _inspect_model(model: ModelConfig, cache_dir: str) -> Tuple[Optional[Dict[str, Any]], List[Problem]]:
     where = model_dir(model, cache_dir)
     fix_dir = "model.path=DIR (a directory with config.json, weights and a tokenizer)"
     if model.path and not os.path.isdir(os.path.expanduser(model.path)):
-        if model.path.startswith(("/", ".", "~")) or os.sep in model.path.strip("/").replace("/", "", 1):
+        ref = hub.parse(model.path, model.revision)
+        if ref is None:
             return None, [Problem("model.path", model.path, "no such directory", fix_dir)]
-        return dict(model.hf_config) or None, []  # a hub id: vLLM fetches it
+        return hub.inspect(ref)  # config.json from the hub cache (fetched alone when allowed)
     if not (where and os.path.isdir(where)):
         return dict(model.hf_config) or None, []  # generated / dummy: written at launch
     problems: List[Problem] = []
@@ -145,3 +159,10 @@ def safetensors_weights(directory: Optional[str]) -> Optional[Dict[str, Any]]:
     except (OSError, ValueError, KeyError, struct.error):
         return None
     return {"bytes": total, "elements": elements, "bytes_by_dtype": by_dtype, "files": len(files)}
+
+
+def fetch_hub_model(model: ModelConfig) -> Optional[str]:
+    """A hub model's weights and tokenizer into the cache before vLLM starts (planning fetched
+    config.json alone); None for anything that is not a hub id."""
+    ref = hub.parse(model.path, model.revision) if model.path else None
+    return hub.download(ref) if ref else None

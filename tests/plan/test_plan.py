@@ -20,8 +20,8 @@ from runner.probe.hardware import HardwareProbe
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
-HW = sorted(p.stem for p in (REPO / "conf" / "hw").glob("*.yaml"))
-MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
+HW = sorted(p.stem for p in (REPO / "runner" / "conf" / "hw").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (REPO / "runner" / "conf" / "model").glob("*.yaml"))
 VLLM = "0.32.0"
 SERVER = ["python", "-m", "vllm.entrypoints.openai.api_server"]
 
