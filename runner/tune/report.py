@@ -95,10 +95,10 @@ def render_md(result: Mapping[str, Any]) -> str:
         f"- Workload: {w['input_len']} tokens in / {w['output_len']} out, random prompts, "
         f"`vllm bench serve` per probe; load searched: {result['load']} (bisection under the SLO).",
         f"- Base overrides: `{' '.join(result['base_overrides']) or '(none)'}`.",
-        f"- GPU time (launch + bench, from the candidates' manifests): {_num(result['gpu_s'])} s over "
-        f"{result['launches']} launch(es) in this run"
-        + (f"; {result['resumed']} candidate(s) reused from an earlier run in this dir" if result["resumed"] else "")
-        + f"; wall time {_num(result['elapsed_s'])} s.",
+        f"- GPU time (launch + bench seconds, from the candidates' manifests and bench runs), every candidate "
+        f"launched in this dir: {_num(result['gpu_s'])} s; {result['launches']} launch(es) in this run"
+        + (f", {result['resumed']} candidate(s) reused from an earlier run" if result["resumed"] else "")
+        + f"; this run's wall time {_num(result['elapsed_s'])} s.",
     ]
     if result.get("predicting"):
         cal = result["calibration"]

@@ -77,6 +77,13 @@ def execute(cfg_node: DictConfig, run_dir: Path, process_start: Optional[float] 
     logs.log_to_run_dir(run_dir / "runner.jsonl")
     try:
         return _execute(cfg_node, run_dir, process_start or time.time())
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: the running candidate was stopped on the way out
+        print(
+            f"tune: interrupted; finished candidates are kept under {run_dir / 'candidates'}: "
+            f"the same command with hydra.run.dir={run_dir} resumes",
+            file=sys.stderr,
+        )
+        return getattr(interrupt, "exit_code", 130)
     finally:
         logs.log_to_run_dir(None)
 

@@ -215,3 +215,29 @@ def test_answer_sentence(load):
     assert (
         report.answer({**result, "winner": None}) == "No candidate met the SLO (p99 TTFT ≤ 500 ms, p99 TPOT ≤ 15 ms)."
     )
+
+
+def test_a_failed_launch_is_in_the_table_with_its_cause_and_is_not_launched_again(tmp_path, monkeypatch):
+    seams = Seams(monkeypatch, {1: 10.0})
+
+    def fail(ctx, cid, record, forecast):
+        seams.launched.append(cid)
+        return {"state": "failed", "reason": "failed: oom_weights: the weights do not fit. Fix: TP=2", "launch_s": 42.0}
+
+    monkeypatch.setattr(run, "launch_and_measure", fail)
+    code = run.tune_candidates(context(tmp_path), candidates([1]), TUNE)
+    assert code == run.EXIT_FAILED and seams.launched == ["serve.tensor_parallel_size-1"]
+    md = (tmp_path / "tune.md").read_text()
+    assert "No candidate met the SLO" in md and "oom_weights: the weights do not fit" in md
+    assert not (tmp_path / report.RECIPE_NAME).exists()
+    run.tune_candidates(context(tmp_path), candidates([1]), TUNE)
+    assert seams.launched == ["serve.tensor_parallel_size-1"]  # failed is finished: resumed, not relaunched
+
+
+def test_without_predictions_the_table_says_so(tmp_path, monkeypatch):
+    Seams(monkeypatch, {1: 10.0, 4: 20.0})
+    run.tune_candidates(context(tmp_path), candidates([1, 4]), TUNE)
+    result = json.loads((tmp_path / "tune.json").read_text())
+    result.update(predicting=False, no_prediction_reason="no card facts for a CPU: set hw.memory_bandwidth_gbps")
+    md = report.render_md(result)
+    assert "No predictions (no card facts for a CPU" in md and "none was pruned" in md
