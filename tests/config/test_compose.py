@@ -28,7 +28,7 @@ def test_the_matrix_is_not_empty():
     assert {"auto", "cpu-2", "nvlink-4gpu", "pcie-4gpu"} <= set(HW)
     assert {"tiny-llama", "llama70b", "qwen2.5-7b", "local"} <= set(MODELS)
     assert {"tiny-llama-cpu-2", "llama70b-nvlink-4gpu", "llama70b-pcie-4gpu"} <= set(RECIPE_NAMES)
-    assert set(MODES) == {"serve", "check", "plan", "doctor", "bench"}
+    assert set(MODES) == {"serve", "check", "plan", "doctor", "bench", "tune"}
     assert (REPO / "recipes").resolve() == RECIPES.resolve()  # the repo's shortcut to the shipped recipes
 
 
