@@ -359,6 +359,7 @@ def plan_candidate(ctx: Context, cid: str, overrides: Sequence[str]) -> Dict[str
     folder = ctx.run_dir / "candidates" / cid
     plan_dir = folder / "plan"
     folder.mkdir(parents=True, exist_ok=True)
+    (plan_dir / "manifest.json").unlink(missing_ok=True)  # an earlier run's verdict must not stand in for this one
     ctx.say(cid, "planning")
     t0 = time.time()
     argv = runner_argv(ctx, overrides, "plan", plan_dir)
