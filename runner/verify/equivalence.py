@@ -137,7 +137,7 @@ def prompt_logprobs(response: dict) -> List[float]:
     per_position = choice.get("prompt_logprobs")
     if per_position is not None and ids is not None:
         out = []
-        for token, entry in zip(ids[1:], per_position[1:]):
+        for token, entry in zip(ids[1:], per_position[1:], strict=False):
             # Keyed by the id as a JSON string; the prompt's own token is always there.
             found = (entry or {}).get(str(token))
             out.append(_logprob(found.get("logprob") if isinstance(found, dict) else found))
@@ -223,12 +223,14 @@ def compare(candidate: dict, reference: dict, dtype: str, tolerance: Optional[fl
     if not ref_lp:
         return refuse("nothing was scored")
     total, count, worst = 0.0, 0, None
-    for i, (c_values, r_values) in enumerate(zip(cand_lp, ref_lp)):
+    for i, (c_values, r_values) in enumerate(zip(cand_lp, ref_lp, strict=False)):
         c_seq, r_seq = _sequences(candidate, reference, i)
         if c_seq is None or r_seq is None:
             return refuse(f"prompt {i}: no token sequence to check the logprobs belong to the same tokens")
         if list(c_seq) != list(r_seq):
-            j = next((k for k, (a, b) in enumerate(zip(c_seq, r_seq)) if a != b), min(len(c_seq), len(r_seq)))
+            j = next(
+                (k for k, (a, b) in enumerate(zip(c_seq, r_seq, strict=False)) if a != b), min(len(c_seq), len(r_seq))
+            )
             got = c_seq[j] if j < len(c_seq) else "end"
             want = r_seq[j] if j < len(r_seq) else "end"
             return refuse(
@@ -237,7 +239,7 @@ def compare(candidate: dict, reference: dict, dtype: str, tolerance: Optional[fl
             )
         if not (len(c_values) == len(r_values) == len(c_seq) - 1):
             return refuse(f"prompt {i}: {len(c_values)} and {len(r_values)} logprobs for {len(c_seq)} tokens")
-        for k, (c, r) in enumerate(zip(c_values, r_values)):
+        for k, (c, r) in enumerate(zip(c_values, r_values, strict=False)):
             for side, value in (("candidate", c), ("reference", r)):
                 if value is None or not math.isfinite(value):
                     return refuse(

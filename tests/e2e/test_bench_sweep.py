@@ -41,7 +41,7 @@ def test_bench_sweep_reports_and_resumes(tmp_path):
         jsonschema.validate(manifest, SCHEMA)
         manifests[manifest["plan"]["tensor_parallel_size"]] = (path.parent, manifest)
     assert sorted(manifests) == [1, 2]
-    for tp, (run_dir, manifest) in manifests.items():
+    for run_dir, manifest in manifests.values():
         assert manifest["status"] == "verified" and manifest["mode"] == "bench"
         results = manifest["bench"]["results"]
         assert [r["concurrency"] for r in results] == [1, 4]
