@@ -36,6 +36,15 @@ class Interconnect(str, enum.Enum):
     none = "none"
 
 
+class ChatTemplate(str, enum.Enum):
+    """The chat format written into the tokenizer of a model the runner writes itself."""
+
+    plain = "plain"  # role: text lines, no special tokens (tiny models)
+    llama3 = "llama3"  # <|start_header_id|>role<|end_header_id|> … <|eot_id|>
+    chatml = "chatml"  # Qwen2.5: <|im_start|>role … <|im_end|>
+    mistral = "mistral"  # Mistral/Mixtral: [INST] … [/INST]
+
+
 class ModelSource(str, enum.Enum):
     generated = "generated"  # random weights written locally (tiny-llama)
     shape = "shape"  # published config.json numbers; real weights via model.path, or dummy
@@ -102,6 +111,9 @@ class ModelConfig:
     # Context length the runner asks for when serve.max_model_len is not set (None: the
     # model's own). Shape entries with 128k contexts set less, so a rehearsal fits.
     max_model_len: Optional[int] = None
+    # Generated and dummy-weight models only (a real checkpoint brings its own): the chat
+    # format their tokenizer gets, so /v1/chat/completions answers.
+    chat_template: ChatTemplate = ChatTemplate.plain
 
 
 @dataclass

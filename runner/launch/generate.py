@@ -11,30 +11,121 @@ import os
 import shutil
 import struct
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
-from runner.config.schema import ModelConfig, ModelSource
+from runner.config.schema import ChatTemplate, ModelConfig, ModelSource
 from runner.plan.shape import ModelShape
 from runner.probe.models import model_dir
 
 
-def _tokenizer_files(hf_config: Dict[str, Any]) -> Dict[str, str]:
-    """A byte-level BPE tokenizer whose vocabulary spans the model's whole vocab_size.
+@dataclass(frozen=True)
+class ChatFormat:
+    """A chat template (Jinja, as transformers renders it) and the special tokens it needs."""
+
+    template: str
+    bos: str
+    eos: str
+    # further special tokens the template writes, at the ids the real tokenizer gives them
+    # (a vocabulary too small for those ids gets them at its top instead)
+    extra: Tuple[Tuple[str, int], ...] = ()
+
+
+# Public format facts of each family, written for this project; each template renders the
+# conversation and, with add_generation_prompt, the assistant's opening.
+CHAT_FORMATS: Dict[ChatTemplate, ChatFormat] = {
+    # Plain text markers: a byte-level tokenizer without merges encodes them with no extra tokens.
+    ChatTemplate.plain: ChatFormat(
+        template=(
+            "{%- for message in messages %}"
+            "{{- message['role'] + ': ' + message['content'] + '\n' }}"
+            "{%- endfor %}"
+            "{%- if add_generation_prompt %}{{- 'assistant:' }}{%- endif %}"
+        ),
+        bos="<|begin_of_text|>",
+        eos="<|end_of_text|>",
+    ),
+    ChatTemplate.llama3: ChatFormat(
+        template=(
+            "{{- bos_token }}"
+            "{%- for message in messages %}"
+            "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+            " + message['content'] | trim + '<|eot_id|>' }}"
+            "{%- endfor %}"
+            "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
+        ),
+        bos="<|begin_of_text|>",
+        eos="<|end_of_text|>",
+        extra=(("<|start_header_id|>", 128006), ("<|end_header_id|>", 128007), ("<|eot_id|>", 128009)),
+    ),
+    ChatTemplate.chatml: ChatFormat(
+        template=(
+            "{%- for message in messages %}"
+            "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+            "{%- endfor %}"
+            "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+        ),
+        bos="<|endoftext|>",
+        eos="<|im_end|>",
+        extra=(("<|im_start|>", 151644), ("<|im_end|>", 151645)),
+    ),
+    # [INST] and [/INST] are plain text in Mixtral's tokenizer; a system message (which the
+    # format has no turn for) opens the first user turn.
+    ChatTemplate.mistral: ChatFormat(
+        template=(
+            "{{- bos_token }}"
+            "{%- set system = messages[0]['content'] if messages and messages[0]['role'] == 'system' else '' %}"
+            "{%- for message in messages if message['role'] != 'system' %}"
+            "{%- if message['role'] == 'user' %}"
+            "{{- '[INST] ' + (system + '\n\n' if system and loop.first else '') + message['content'] + ' [/INST]' }}"
+            "{%- else %}"
+            "{{- message['content'] + eos_token }}"
+            "{%- endif %}"
+            "{%- endfor %}"
+        ),
+        bos="<s>",
+        eos="</s>",
+    ),
+}
+
+
+def _special_tokens(hf_config: Dict[str, Any], vocab_size: int, chat: ChatFormat) -> Dict[int, str]:
+    bos_id = hf_config.get("bos_token_id")
+    eos = hf_config.get("eos_token_id")
+    eos_id = eos[0] if isinstance(eos, list) else eos
+    specials: Dict[int, str] = {}
+    if bos_id is not None and bos_id < vocab_size:
+        specials[int(bos_id)] = chat.bos
+    if eos_id is not None and eos_id < vocab_size:
+        specials[int(eos_id)] = chat.eos
+    top = vocab_size - 1
+    for name, wanted in chat.extra:
+        if name in specials.values():
+            continue
+        token_id = wanted
+        if token_id >= vocab_size or token_id in specials:
+            while top in specials:
+                top -= 1
+            token_id = top
+        specials[token_id] = name
+    return specials
+
+
+def _tokenizer_files(hf_config: Dict[str, Any], chat_template: ChatTemplate = ChatTemplate.plain) -> Dict[str, str]:
+    """A byte-level BPE tokenizer whose vocabulary spans the model's whole vocab_size, with
+    the chat template of its family.
 
     Covering every id matters for dummy and random weights: the model may emit any id, and
     the detokenizer must be able to turn each into text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     vocab_size = int((hf_config.get("text_config") or hf_config)["vocab_size"])
+    chat = CHAT_FORMATS[ChatTemplate(chat_template)]
+    specials = _special_tokens(hf_config, vocab_size, chat)
     bos_id = hf_config.get("bos_token_id")
     eos = hf_config.get("eos_token_id")
     eos_id = eos[0] if isinstance(eos, list) else eos
-    specials = {}
-    if bos_id is not None and bos_id < vocab_size:
-        specials[int(bos_id)] = "<|begin_of_text|>"
-    if eos_id is not None and eos_id < vocab_size:
-        specials[int(eos_id)] = "<|end_of_text|>"
     byte_chars = iter(sorted(pre_tokenizers.ByteLevel.alphabet()))
     vocab: Dict[str, int] = {}
     for token_id in range(vocab_size):
@@ -51,6 +142,8 @@ def _tokenizer_files(hf_config: Dict[str, Any]) -> Dict[str, str]:
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": int(hf_config.get("max_position_embeddings") or 2048),
         "clean_up_tokenization_spaces": False,
+        # transformers has no default template: without this key vLLM answers chat with 400
+        "chat_template": chat.template,
     }
     if bos_id in specials:
         tok_config["bos_token"] = specials[bos_id]
@@ -114,12 +207,13 @@ def materialise(model: ModelConfig, cache_dir: str) -> Optional[str]:
         return where
     target = Path(where)
     if (target / "config.json").is_file():
+        _update_chat_template(model, target)
         return where
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         hf = dict(model.hf_config)
-        files = _tokenizer_files(hf)
+        files = _tokenizer_files(hf, model.chat_template)
         files["config.json"] = json.dumps(hf, indent=2)
         gen = {k: hf[k] for k in ("bos_token_id", "eos_token_id") if k in hf}
         files["generation_config.json"] = json.dumps(gen, indent=2)
@@ -135,3 +229,22 @@ def materialise(model: ModelConfig, cache_dir: str) -> Optional[str]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return where
+
+
+def _update_chat_template(model: ModelConfig, target: Path) -> None:
+    """A directory written before its entry had this chat template (the directory's name
+    digests the config and seed only) gets the tokenizer files again; the weights stay."""
+    wanted = CHAT_FORMATS[ChatTemplate(model.chat_template)].template
+    try:
+        if json.loads((target / "tokenizer_config.json").read_text()).get("chat_template") == wanted:
+            return
+    except (OSError, ValueError):
+        pass
+    files = _tokenizer_files(dict(model.hf_config), model.chat_template)
+    # tokenizer_config.json last: its template says the files beside it are current
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=target)
+        with os.fdopen(fd, "w") as f:
+            f.write(files[name])
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target / name)

@@ -164,3 +164,108 @@ def test_materialise_leaves_real_paths_alone(tmp_path):
     no_weights = ModelConfig(name="real", source=ModelSource.shape)
     assert models.model_dir(no_weights, str(tmp_path)) is None
     assert generate.materialise(no_weights, str(tmp_path / "cache")) is None
+
+
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello"},
+    {"role": "user", "content": "Capital of France?"},
+]
+
+# The shipped entries' families, rendered as the real models' tokenizers render this conversation.
+RENDERED = {
+    "tiny-llama": "system: Be brief.\nuser: Hi\nassistant: Hello\nuser: Capital of France?\nassistant:",
+    "llama3-8b": (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nCapital of France?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    ),
+    "qwen2.5-7b": (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>user\nCapital of France?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    ),
+    "mixtral-8x7b": "<s>[INST] Be brief.\n\nHi [/INST]Hello</s>[INST] Capital of France? [/INST]",
+}
+
+# The special tokens each family's template writes, at the real tokenizers' ids.
+SPECIAL_IDS = {
+    "tiny-llama": {},
+    "llama3-8b": {
+        "<|begin_of_text|>": 128000,
+        "<|start_header_id|>": 128006,
+        "<|end_header_id|>": 128007,
+        "<|eot_id|>": 128009,
+    },
+    "qwen2.5-7b": {"<|im_start|>": 151644, "<|im_end|>": 151645, "<|endoftext|>": 151643},
+    "mixtral-8x7b": {"<s>": 1, "</s>": 2},
+}
+
+
+def _write_tokenizer(hf, chat_template, where: Path) -> Path:
+    where.mkdir(parents=True, exist_ok=True)
+    for name, text in generate._tokenizer_files(hf, chat_template).items():
+        (where / name).write_text(text)
+    return where
+
+
+@pytest.mark.parametrize("entry", sorted(RENDERED))
+def test_written_tokenizer_renders_the_family_chat_format(compose, entry, tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    model = OmegaConf.to_object(compose([f"model={entry}"])).model
+    path = _write_tokenizer(model.hf_config, model.chat_template, tmp_path / entry)
+    assert json.loads((path / "tokenizer_config.json").read_text())["chat_template"]
+    tok = PreTrainedTokenizerFast.from_pretrained(str(path))
+    assert len(tok) == model.hf_config["vocab_size"]
+    assert tok.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True) == RENDERED[entry]
+    for name, token_id in SPECIAL_IDS[entry].items():
+        assert tok.convert_tokens_to_ids(name) == token_id, name
+    # the template's markers are single tokens: the prompt is the byte pieces plus those
+    ids = tok.apply_chat_template(CONVERSATION, tokenize=True, add_generation_prompt=True)["input_ids"]
+    specials = [t for t in tok.convert_ids_to_tokens(ids) if t in SPECIAL_IDS[entry]]
+    assert tok.decode(ids) == RENDERED[entry]
+    assert len(ids) == len(RENDERED[entry].encode()) - sum(len(s.encode()) - 1 for s in specials)
+
+
+def test_a_small_vocabulary_gets_the_template_tokens_at_its_top(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    hf = {"vocab_size": 300, "bos_token_id": 1, "eos_token_id": 2}
+    tok = PreTrainedTokenizerFast.from_pretrained(str(_write_tokenizer(hf, "llama3", tmp_path)))
+    assert len(tok) == 300
+    top = {tok.convert_tokens_to_ids(t) for t in ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")}
+    assert top == {297, 298, 299}
+    text = tok.apply_chat_template(CONVERSATION[1:2], tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>")
+
+
+def test_generated_model_has_a_chat_template(tiny):
+    _, _, path = tiny
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    chat = [{"role": "user", "content": "Hi"}]
+    assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == "user: Hi\nassistant:"
+
+
+def test_a_directory_from_before_the_template_gets_it_and_keeps_its_weights(compose, tmp_path):
+    model = OmegaConf.to_object(compose(["model=tiny-llama"])).model
+    path = Path(generate.materialise(model, str(tmp_path)))
+    weights = (path / "model.safetensors").stat().st_mtime_ns
+    tok_cfg = json.loads((path / "tokenizer_config.json").read_text())
+    template = tok_cfg.pop("chat_template")
+    (path / "tokenizer_config.json").write_text(json.dumps(tok_cfg))  # as an earlier version wrote it
+    assert generate.materialise(model, str(tmp_path)) == str(path)
+    assert json.loads((path / "tokenizer_config.json").read_text())["chat_template"] == template
+    assert (path / "model.safetensors").stat().st_mtime_ns == weights
+    assert sorted(p.name for p in path.iterdir()) == sorted(
+        ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    )
+    # another family for the same numbers: the tokenizer files follow it
+    llama3 = dataclasses.replace(model, chat_template="llama3")
+    generate.materialise(llama3, str(tmp_path))
+    assert "<|eot_id|>" in json.loads((path / "tokenizer_config.json").read_text())["chat_template"]
