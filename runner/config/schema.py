@@ -211,6 +211,7 @@ class TuneConfig:
     space: Dict[str, Any] = field(default_factory=dict)
     calibration: Optional[str] = None  # a file from `python -m runner.measure.calibrate`; None: stated defaults
     max_launches: Optional[int] = None  # None: as many as pruning leaves
+    prune: bool = True  # False: measure every candidate that plans (the exhaustive grid, for comparison)
     load: str = "concurrency"  # what the bisection raises: concurrency | rate (requests/s)
 
 

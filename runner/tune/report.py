@@ -100,7 +100,11 @@ def render_md(result: Mapping[str, Any]) -> str:
         + (f", {result['resumed']} candidate(s) reused from an earlier run" if result["resumed"] else "")
         + f"; this run's wall time {_num(result['elapsed_s'])} s.",
     ]
-    if result.get("predicting"):
+    if result.get("predicting") and result.get("prune") is False:
+        lines.append(
+            "- Pruning off (`tune.prune=false`): every candidate that planned was measured, best predicted first."
+        )
+    elif result.get("predicting"):
         cal = result["calibration"]
         lines.append(
             f"- Predictions: the performance model ({cal.get('path') or 'no calibration file'}); a candidate is "

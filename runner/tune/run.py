@@ -55,6 +55,7 @@ class Context:
     workload: Dict[str, Any]
     load: str
     max_launches: Optional[int]
+    prune: bool
     calibration_path: Optional[str]
     calibration: Optional[Dict[str, Any]]
     stop_grace_s: float
@@ -121,6 +122,7 @@ def _execute(cfg_node: DictConfig, run_dir: Path, started: float) -> int:
         workload=OmegaConf.to_container(cfg_node.bench, resolve=True),
         load=tune["load"],
         max_launches=tune.get("max_launches"),
+        prune=bool(tune.get("prune", True)),
         calibration_path=tune.get("calibration"),
         calibration=calibration,
         stop_grace_s=float(cfg_node.launch.stop_grace_s),
@@ -305,7 +307,9 @@ def tune_candidates(ctx: Context, candidates: Sequence[space.Candidate], tune: M
         if record["state"] in FINISHED or record["state"] == "refused":
             continue
         best = _measured_best(records.values())
-        why = rank.prune_reason(forecasts.get(cid), best[0] if best else None, err) if predicting else None
+        why = (
+            rank.prune_reason(forecasts.get(cid), best[0] if best else None, err) if predicting and ctx.prune else None
+        )
         if why:
             record.update(state="pruned", reason=why)
             ctx.say(cid, "pruned", reason=why)
@@ -662,6 +666,7 @@ def summary(
         "choices": dict(ctx.choices),
         "calibration": {"path": ctx.calibration_path, "error": err, "source": err_source},
         "predicting": predicting,
+        "prune": ctx.prune,
         "no_prediction_reason": None if predicting else no_prediction,
         "order": list(order),
         "candidates": ordered,

@@ -17,7 +17,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TUNE = {"space": {}, "load": "concurrency"}
 
 
-def context(run_dir: Path, calibration=None, max_launches=None) -> run.Context:
+def context(run_dir: Path, calibration=None, max_launches=None, prune=True) -> run.Context:
     return run.Context(
         run_dir=run_dir,
         base=("hw=nvlink-4gpu", "model=llama3-8b", "model.load_format=dummy", "bench=h100-quick", "serve.port=8123"),
@@ -27,6 +27,7 @@ def context(run_dir: Path, calibration=None, max_launches=None) -> run.Context:
         workload={"input_len": 512, "output_len": 128, "num_prompts": 8, "prompts_per_concurrency": 4},
         load="concurrency",
         max_launches=max_launches,
+        prune=prune,
         calibration_path=None,
         calibration=calibration,
         stop_grace_s=1.0,
@@ -241,3 +242,12 @@ def test_without_predictions_the_table_says_so(tmp_path, monkeypatch):
     result.update(predicting=False, no_prediction_reason="no card facts for a CPU: set hw.memory_bandwidth_gbps")
     md = report.render_md(result)
     assert "No predictions (no card facts for a CPU" in md and "none was pruned" in md
+
+
+def test_with_pruning_off_every_planned_candidate_is_measured(tmp_path, monkeypatch):
+    tp1 = json.loads((FIXTURES / "plan-llama3-8b-h100-tp1.json").read_text())
+    predicted = rank.predict_manifest(tp1, (512, 128), rank.Slo(500, 15))
+    seams = Seams(monkeypatch, {1: predicted.best_tokens_per_s_per_gpu * 1.15, 4: 10.0})  # as in the pruning test
+    run.tune_candidates(context(tmp_path, prune=False), candidates([4, 1]), TUNE)
+    assert seams.launched == ["serve.tensor_parallel_size-1", "serve.tensor_parallel_size-4"]
+    assert "Pruning off" in (tmp_path / "tune.md").read_text()
