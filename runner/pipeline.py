@@ -370,6 +370,7 @@ def _launch_and_verify(run: Progress) -> None:
     from runner.preflight.allreduce import check_collective
     from runner.probe.hardware import topology_matrix
     from runner.record import vllm_log
+    from runner.verify.chat import has_chat_template
     from runner.verify.completion import check_completion
     from runner.verify.ready import wait_ready
 
@@ -389,7 +390,9 @@ def _launch_and_verify(run: Progress) -> None:
         run.topology_matrix = topology_matrix()
     run.ready = wait_ready(run.server, run.spec.url, run.spec.model_name, cfg.verify.ready_timeout_s, c.api_key)
     log.info("vllm ready", url=run.spec.url, ready_s=run.ready.ready_s)
-    run.completion = check_completion(run.spec.url, run.spec.model_name, cfg.verify, c.api_key)
+    chat_template = has_chat_template(models.model_dir(cfg.model, cfg.cache_dir), cfg.serve.extra_args)
+    run.completion = check_completion(run.spec.url, run.spec.model_name, cfg.verify, c.api_key, chat_template)
+    run.notes += run.completion.notes
     run.runtime_facts.collect()
     whole_log = run.server.log_tail(10**6, window=8 * 2**20)
     run.reported = vllm_log.reported_figures(whole_log)

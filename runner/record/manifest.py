@@ -105,6 +105,29 @@ class Timings:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+@dataclass(frozen=True)
+class ChatCheck:
+    """The ``verification.chat`` record: one chat completion and the same request streamed.
+    ``available`` is False for a model without a chat template (vLLM refuses chat with 400):
+    then only ``note`` says how to give it one."""
+
+    available: bool
+    passed: Optional[bool] = None
+    text: Optional[str] = None
+    finish_reason: Optional[str] = None
+    prompt_tokens: Optional[int] = None
+    completion_tokens: Optional[int] = None
+    latency_s: Optional[float] = None
+    streamed_chunks: Optional[int] = None  # server-sent events that carried content
+    stream_done: Optional[bool] = None  # the stream ended with data: [DONE]
+    stream_latency_s: Optional[float] = None
+    reason: Optional[str] = None  # why it failed (or, unavailable, vLLM's answer)
+    note: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
 # Sections that a probed-and-planned run always writes, null or not.
 _PLANNED_SECTIONS = ("config", "plan", "hardware", "model", "placement", "fit")
 

@@ -90,7 +90,7 @@ def test_a_server_that_exits_before_it_is_ready_fails_start_up(tmp_path):
 def test_the_completion_check_passes_on_text_and_tokens(serve):
     server, url = serve(text="one two three")
     wait_ready(server, url, "m", HANG_GUARD_S)
-    done = check_completion(url, "m", VerifyConfig())
+    done = check_completion(url, "m", VerifyConfig(), chat_template=False)
     assert done.passed and done.verification["completion"]["completion_tokens"] == 3
     assert done.verification["models"] == ["m"] and done.verification["completion"]["text"] == "one two three"
 
@@ -98,7 +98,7 @@ def test_the_completion_check_passes_on_text_and_tokens(serve):
 def test_the_completion_check_fails_on_an_empty_completion(serve):
     server, url = serve(text="")
     wait_ready(server, url, "m", HANG_GUARD_S)
-    done = check_completion(url, "m", VerifyConfig())
+    done = check_completion(url, "m", VerifyConfig(), chat_template=False)
     assert not done.passed
     assert done.verification["checks"] == {
         "models_lists_served_name": True,
