@@ -123,7 +123,8 @@ def render_md(result: Mapping[str, Any]) -> str:
     ]
     for i, c in enumerate(result["candidates"], 1):
         m = c.get("measured") or {}
-        layout = f"{c.get('tensor_parallel_size') or '—'}×{c.get('pipeline_parallel_size') or 1}"
+        tp = c.get("tensor_parallel_size")
+        layout = f"{tp}×{c.get('pipeline_parallel_size') or 1}" if tp else "—"
         state = c["state"] + (" (resumed)" if c.get("resumed") else "")
         if c["id"] == result.get("winner"):
             state = f"**winner** {state}"

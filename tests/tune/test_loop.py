@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -33,7 +34,7 @@ def context(run_dir: Path, calibration=None, max_launches=None, prune=True) -> r
         stop_grace_s=1.0,
         ready_timeout_s=1.0,
         api_key_env=None,
-        started=0.0,
+        started=time.time(),
     )
 
 
