@@ -6,6 +6,7 @@ One launch for the module (about a minute of start-up on two cores); the stop te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import signal
@@ -15,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import jsonschema
 import openai
@@ -36,23 +38,12 @@ class Served:
     base_url: str
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
+@contextlib.contextmanager
+def serving(overrides: Sequence[str], run_dir: Path) -> Iterator[Served]:
+    """`python -m runner mode=serve …` until its "serving" line; killed on the way out if still up."""
     port = free_port()
-    run_dir = tmp_path_factory.mktemp("openai") / "run"
-    cache_dir = tmp_path_factory.mktemp("cache")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runner",
-            "hw=cpu-2",
-            f"model={MODEL}",
-            "mode=serve",
-            f"serve.port={port}",
-            f"cache_dir={cache_dir}",
-            f"hydra.run.dir={run_dir}",
-        ],
+        [sys.executable, "-m", "runner", "mode=serve", f"serve.port={port}", f"hydra.run.dir={run_dir}", *overrides],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -62,20 +53,32 @@ def served(tmp_path_factory):
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     try:
         deadline = time.time() + HANG_GUARD_S
-        serving = None
-        while serving is None and time.time() < deadline and proc.poll() is None:
+        serving_line = None
+        while serving_line is None and time.time() < deadline and proc.poll() is None:
             try:
                 line = lines.get(timeout=1)
             except queue.Empty:
                 continue
             if line.startswith("serving "):
-                serving = line
-        assert serving, f"runner exited with {proc.returncode} before serving"
+                serving_line = line
+        assert serving_line, f"runner exited with {proc.returncode} before serving"
         yield Served(proc, port, run_dir, f"http://127.0.0.1:{port}/v1")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # a failed test: still stop vLLM's own session through the runner
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    cache_dir = tmp_path_factory.mktemp("cache")
+    run_dir = tmp_path_factory.mktemp("openai") / "run"
+    with serving(["hw=cpu-2", f"model={MODEL}", f"cache_dir={cache_dir}"], run_dir) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
