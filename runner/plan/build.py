@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from runner.config.schema import Device, Interconnect, Mode, ModelSource, RunnerConfig
-from runner.plan import cluster, compat, memory, rules, topology
+from runner.plan import cards, cluster, compat, memory, rules, topology
 from runner.plan.secret_flags import MASK, SECRET_OPTIONS
 from runner.plan.shape import DTYPE_BYTES, ModelShape
 from runner.probe.hardware import HardwareProbe
@@ -187,7 +187,8 @@ def _gpu_memory(hw, visible, planning_only: bool) -> Tuple[Optional[int], Option
 
 def _predictor(
     shape: ModelShape,
-    weights: int,
+    weights_for: Callable[[Optional[str]], int],
+    online: Optional[str],
     gpu_bytes: int,
     gpu_name: Optional[str],
     pp: int,
@@ -196,7 +197,8 @@ def _predictor(
     max_model_len: Optional[int],
     vllm_version: Optional[str],
 ):
-    def predict(tp: int, **change: Any) -> memory.MemoryFit:
+    def predict(tp: int, quantization: Optional[str] = online, **change: Any) -> memory.MemoryFit:
+        """One TP size's fit; quantization: the online quantization to size the weights for."""
         args: Dict[str, Any] = dict(
             pp=pp,
             gpu_memory_utilization=util,
@@ -212,13 +214,18 @@ def _predictor(
             enforce_eager=serve.enforce_eager,
         )
         args.update(change)
-        return memory.predict(shape, tp, weights, gpu_bytes, **args)
+        return memory.predict(shape, tp, weights_for(quantization), gpu_bytes, **args)
 
     return predict
 
 
-def _memory_problem(fit: memory.MemoryFit, predict, valid_tps: Sequence[int], serve, util: Optional[float]) -> Problem:
-    """What does not fit, and every override that would make it fit (smallest change first)."""
+def _memory_problem(
+    fit: memory.MemoryFit, predict, valid_tps: Sequence[int], serve, util: Optional[float], fp8_offered: bool = False
+) -> Problem:
+    """What does not fit, and every override that would make it fit (smallest change first).
+
+    fp8_offered: serve.quantization=fp8 may be suggested (a 16-bit checkpoint not quantized yet,
+    on cards with fp8 tensor cores)."""
     fixes: List[str] = []
     bigger = [t for t in valid_tps if t > fit.tensor_parallel_size and predict(t).fits]
     if bigger:
@@ -240,6 +247,8 @@ def _memory_problem(fit: memory.MemoryFit, predict, valid_tps: Sequence[int], se
         fixes.insert(0, f"serve.gpu_memory_utilization={safe:.2f}")
     elif weights_fit and safe > current and predict(fit.tensor_parallel_size, gpu_memory_utilization=safe).fits:
         fixes.append(f"serve.gpu_memory_utilization={safe:.2f}")
+    if fp8_offered and predict(fit.tensor_parallel_size, quantization="fp8").fits:
+        fixes.append("serve.quantization=fp8")
     if not weights_fit:
         key, value = "serve.tensor_parallel_size", fit.tensor_parallel_size
         what = f"{fit.why_not} ({fit.gpu_total_gib:.1f} GiB x {fit.gpu_memory_utilization:g})"
@@ -267,9 +276,18 @@ def _weights_from_disk(on_disk: Mapping[str, Any], dtype: str) -> int:
     return int(total)
 
 
-def _weights_bytes(shape: ModelShape, dtype: str) -> int:
+def _weights_bytes(shape: ModelShape, dtype: str, online: Optional[str] = None) -> int:
     key = dtype if dtype != "auto" else (shape.torch_dtype or "bfloat16")
-    return shape.parameter_count() * DTYPE_BYTES.get(str(key), 2)
+    return memory.weights_bytes(shape, DTYPE_BYTES.get(str(key), 2), online)
+
+
+def _fp8_capable(visible, gpu_name: Optional[str]) -> bool:
+    """Whether the GPUs have fp8 tensor cores: the probe's compute capability, else the card's sheet."""
+    seen = [tuple(g.compute_capability) for g in visible or () if getattr(g, "compute_capability", None)]
+    if seen:
+        return min(seen) >= memory.FP8_MIN_CAPABILITY
+    card = cards.match_card(gpu_name)
+    return card is not None and card.compute_capability >= memory.FP8_MIN_CAPABILITY
 
 
 def _place(
@@ -646,16 +664,25 @@ def _memory_fit(
     util_ok = util if util and 0 < util <= 1 else None
     if shape is None:
         return _Fit({}, util_ok), Findings(tuple(problems), tuple(notes))
-    weights = _weights_bytes(shape, serve.dtype)
-    weights_source = "parameter count"
-    if weights_on_disk:
-        weights, weights_source = _weights_from_disk(weights_on_disk, serve.dtype), "safetensors headers"
+    online = memory.online_quantization(serve.quantization, dict(hf_config or {}))
+
+    def weights_for(quantization: Optional[str]) -> int:
+        if not weights_on_disk:
+            return _weights_bytes(shape, serve.dtype, quantization)
+        # The files hold the 16-bit checkpoint: the quantized linear layers come off their size.
+        saved = _weights_bytes(shape, serve.dtype) - _weights_bytes(shape, serve.dtype, quantization)
+        return _weights_from_disk(weights_on_disk, serve.dtype) - saved
+
+    weights = weights_for(online)
+    weights_source = "safetensors headers" if weights_on_disk else "parameter count"
     estimate: Dict[str, Any] = {
         "parameters": shape.parameter_count(),
         "weights_gib": round(weights / GIB, 2),
         "weights_source": weights_source,
     }
-    quantized = serve.quantization is not None or bool((hf_config or {}).get("quantization_config"))
+    if online:
+        estimate["quantization"] = f"{online} (online: linear layers in {memory.ONLINE_WEIGHT_BYTES[online]} byte)"
+    quantized = (serve.quantization is not None and not online) or bool((hf_config or {}).get("quantization_config"))
     if quantized and not weights_on_disk:
         notes.append(
             "memory not predicted: a quantized model's weights are sized from its safetensors files, and none are here"
@@ -669,7 +696,16 @@ def _memory_fit(
             # Planning for a GPU machine from elsewhere: its vLLM is not this one.
             memory_version = memory.CALIBRATED_VLLM
         predict = _predictor(
-            shape, weights, gpu_bytes, gpu_name, sizes.pp, serve, util_ok, max_model_len_for(cfg), memory_version
+            shape,
+            weights_for,
+            online,
+            gpu_bytes,
+            gpu_name,
+            sizes.pp,
+            serve,
+            util_ok,
+            max_model_len_for(cfg),
+            memory_version,
         )
         fit = predict(sizes.tp)
         estimate.update(fit=fit.to_dict(), memory_source=memory_source, memory_vllm=memory_version)
@@ -679,7 +715,13 @@ def _memory_fit(
         if bandwidth:
             estimate["memory_bandwidth_gbps"] = bandwidth
         estimate["fit_table"] = _fit_table(shape, hf_config, predict, max(sizes.available // sizes.pp, 1))
-        found += _gpu_fit_findings(cfg, shape, fit, predict, sizes, util_ok, memory_version, vllm_version)
+        fp8_offered = (
+            serve.quantization is None
+            and not quantized
+            and DTYPE_BYTES.get(str(shape.torch_dtype or "bfloat16"), 2) == 2
+            and _fp8_capable(visible, gpu_name)
+        )
+        found += _gpu_fit_findings(cfg, shape, fit, predict, sizes, util_ok, memory_version, vllm_version, fp8_offered)
     elif device is Device.cpu:
         fit = memory.predict_cpu(
             shape,
@@ -707,6 +749,7 @@ def _gpu_fit_findings(
     util: Optional[float],
     memory_version: Optional[str],
     vllm_version: Optional[str],
+    fp8_offered: bool = False,
 ) -> Findings:
     """What the GPU fit means for the user: a note on what vLLM will do, a warning, or the
     problem with every override that would make it fit."""
@@ -729,7 +772,7 @@ def _gpu_fit_findings(
         )
         return found + Findings(notes=(warning,))
     if not fit.fits:
-        return found + Findings((_memory_problem(fit, predict, sizes.fits_devices, cfg.serve, util),))
+        return found + Findings((_memory_problem(fit, predict, sizes.fits_devices, cfg.serve, util, fp8_offered),))
     return found
 
 

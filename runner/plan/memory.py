@@ -125,6 +125,36 @@ class MemoryFit:
         return asdict(self)
 
 
+# Quantization vLLM applies while loading a 16-bit checkpoint (serve.quantization with no
+# quantization_config in config.json), and the bytes per weight of the layers it quantizes.
+# fp8 (vllm/model_executor/layers/quantization/fp8.py, Fp8Config with is_checkpoint_fp8_serialized
+# False): Fp8LinearMethod / Fp8MoEMethod quantize every LinearBase and FusedMoE layer's weight to
+# float8_e4m3 with one float32 scale per tensor (negligible); VocabParallelEmbedding, the LM head
+# and the norms are not LinearBase and keep the model dtype; the KV cache keeps it too unless
+# kv_cache_dtype says fp8. Llama-3.1-70B on an H200: "Model loading took 67.7 GiB".
+ONLINE_WEIGHT_BYTES = {"fp8": 1}
+# fp8 tensor cores (Ada 8.9, Hopper 9.0 and later): where online fp8 is worth offering.
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+def online_quantization(quantization: Optional[str], hf_config: Optional[Dict[str, Any]]) -> Optional[str]:
+    """The quantization vLLM would apply while loading, or None (none asked, or the checkpoint
+    is quantized already: its quantization_config decides the weights then)."""
+    if quantization in ONLINE_WEIGHT_BYTES and not (hf_config or {}).get("quantization_config"):
+        return quantization
+    return None
+
+
+def weights_bytes(shape: ModelShape, dtype_bytes: int, online: Optional[str] = None) -> int:
+    """The whole model's weights from its shape: parameters x dtype bytes, the linear layers in
+    the online quantization's bytes where one applies."""
+    total = shape.parameter_count() * dtype_bytes
+    quantized = ONLINE_WEIGHT_BYTES.get(online or "")
+    if quantized:
+        total -= shape.linear_parameter_count() * (dtype_bytes - quantized)
+    return total
+
+
 def serve_defaults(gpu_total_bytes: int, gpu_name: Optional[str] = None) -> Dict[str, int]:
     big = gpu_total_bytes >= BIG_GPU_BYTES and "a100" not in (gpu_name or "").lower()
     return dict(DEFAULTS_BIG if big else DEFAULTS_SMALL)

@@ -124,6 +124,21 @@ class ModelShape:
         embeddings = vocab * h * (1 if self.tie_word_embeddings else 2)
         return embeddings + layers * per_layer + final_norm
 
+    def linear_parameter_count(self) -> int:
+        """The part of :meth:`parameter_count` in the decoder's linear layers (attention's q/k/v/o,
+        the MLP's or every expert's matrices; biases included): what a quantization method for
+        LinearBase / FusedMoE layers stores in fewer bytes. Embeddings, the LM head, the norms and
+        the MoE router (a ReplicatedLinear built without a quant_config in vLLM's MoE models) are not."""
+        h, head_dim = self.hidden_size, self.head_dim
+        q_out = self.num_attention_heads * head_dim
+        kv_out = self.num_key_value_heads * head_dim
+        attention = h * q_out + 2 * h * kv_out + q_out * h
+        if self.architecture.startswith("Qwen2"):
+            attention += q_out + 2 * kv_out
+        matrices = 2 if self.architecture in ("FalconForCausalLM", "RWForCausalLM") else 3
+        mlp = self.num_experts * matrices * h * self.intermediate_size
+        return self.num_hidden_layers * (attention + mlp)
+
 
 _PRESCALED_ROPE = {"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}
 
