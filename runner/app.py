@@ -84,6 +84,16 @@ def main() -> None:
     # Let Hydra's composition errors reach us as exceptions: they are bad input (exit 2, one
     # line, a rejected manifest), not crashes.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    from runner.record import replay
+
+    try:
+        sys.argv[1:], notes = replay.expand_argv(sys.argv[1:])
+    except replay.BadReplay as exc:
+        from runner.pipeline import reject_before_compose
+
+        sys.exit(reject_before_compose(exc, sys.argv[1:]))
+    for note in notes:
+        print(note, file=sys.stderr)
     try:
         _job()
     except SystemExit:

@@ -185,6 +185,8 @@ def _execute(run: Progress) -> int:
     run.probed = probe(c)
     run.plan = plan(c, run.probed)
     run.preflight = preflight(c, run.probed, run.plan)
+    if c.cfg.replay:
+        _check_replay(run)
     _write_plan_json(run)
     for note in run.plan.notes:
         (log.warning if note.startswith("WARNING") else log.info)("plan", note=note)
@@ -271,6 +273,18 @@ def plan(c: Composed, p: Probed) -> Plan:
 def preflight(c: Composed, p: Probed, planned: Plan) -> Preflight:
     launching = c.cfg.mode is not Mode.plan
     return run_preflight(c.cfg, planned, p.probe, p.shape, p.problems, p.python, p.vllm, launching)
+
+
+def _check_replay(run: Progress) -> None:
+    """replay=: can this machine take the original's run? A problem rejects; a warning is noted."""
+    from runner.record import replay
+
+    c, p = run.composed, run.probed
+    problems, warnings = replay.check_machine(c.cfg.replay, c.cfg, p.probe, run.plan, p.vllm)
+    run.preflight = dataclasses.replace(run.preflight, problems=run.preflight.problems + tuple(problems))
+    for warning in warnings:
+        log.warning("replay", warning=warning)
+    run.notes += warnings
 
 
 def _write_plan_json(run: Progress) -> None:
@@ -607,6 +621,10 @@ def _write_manifest(run: Progress, status: str, exit_code: int, **ending: Any) -
         timings=_timings(run),
     )
     found.update(run.failure_sections)
+    if c.cfg.replay:
+        from runner.record.replay import origin
+
+        found["replayed_from"] = origin(c.cfg.replay)
     found.update(ending)
     problems = [pr.to_dict() for pr in run.preflight.problems] if run.preflight else []
     notes = list(run.plan.notes if run.plan else ()) + list(run.spec.notes if run.spec else ()) + run.notes
@@ -652,7 +670,7 @@ def _verified_before(run_dir: Path, mode: str) -> Optional[str]:
 
 def reject_before_compose(exc: BaseException, argv: List[str]) -> int:
     """Bad overrides: Hydra could not even compose a config. Still one line and a manifest."""
-    problem = problem_from_compose_error(exc)
+    problem = getattr(exc, "problem", None) or problem_from_compose_error(exc)  # replay= names its own
     multirun = any(a in ("-m", "--multirun") for a in argv)
     where = hydra_dir_override(argv, multirun)
     stamp = time.strftime("%Y-%m-%d/%H-%M-%S") + f"-{int(time.time() * 1e6) % 1_000_000:06d}_rejected"

@@ -230,6 +230,8 @@ class RunnerConfig:
     resume: bool = False
     # Generated and materialised model directories live here.
     cache_dir: str = "~/.cache/vllm-tp-runner"
+    # replay=outputs/…/manifest.json: run what that manifest ran (runner/record/replay.py)
+    replay: Optional[str] = None
 
 
 def _path_safe(text: str) -> str:

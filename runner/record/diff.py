@@ -69,7 +69,16 @@ _BENCH_NUMBERS = (
     ("failed", "failed requests", HIGH, False),
 )
 # a sweep point's name leaves out what every point of a sweep may differ in (runner/conf/config.yaml)
-_RUN_WIDE = ("mode", "cache_dir", "serve.port", "launch.python", "verify.ready_timeout_s", "resume", "replay")
+_RUN_WIDE = (
+    "mode",
+    "cache_dir",
+    "serve.port",
+    "launch.python",
+    "verify.ready_timeout_s",
+    "resume",
+    "replay",
+    "replayed",
+)
 
 
 class BadInput(ValueError):
@@ -133,8 +142,6 @@ def flatten(obj: Any, prefix: str = "") -> Dict[str, Any]:
     """Dotted paths to leaves; a secret-looking key's value is masked on the way."""
     out: Dict[str, Any] = {}
     if isinstance(obj, Mapping):
-        if not obj and prefix:
-            out[prefix] = {}
         for k, v in obj.items():
             path = f"{prefix}.{k}" if prefix else str(k)
             if is_secret_name(str(k)) and v not in (None, "", MASK):

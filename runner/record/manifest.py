@@ -168,6 +168,7 @@ class Manifest:
     teardown: Optional[Dict[str, Any]] = None
     reference_teardown: Optional[Dict[str, Any]] = None
     stopped_by: Optional[str] = None
+    replayed_from: Optional[Dict[str, Any]] = None  # replay=: the run this one replays
 
     def to_dict(self) -> Dict[str, Any]:
         planned = self.plan is not None

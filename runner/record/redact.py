@@ -13,12 +13,14 @@ from runner.plan.secret_flags import MASK, SECRET_OPTIONS
 # max_num_batched_tokens, nor api_key_env (which names a variable, not its value).
 _SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.IGNORECASE)
 _NAMES_A_VARIABLE = re.compile(r"_ENV$", re.IGNORECASE)
+# A model's shape is not a secret: eos_token_id, num_key_value_heads (a replay needs them as they were).
+_MODEL_SHAPE = re.compile(r"(_TOKEN_IDS?$|KEY_VALUE)", re.IGNORECASE)
 # Any of vLLM's secret options (or the SSL key password) found in an argv is masked.
 _SECRET_FLAGS = {"--" + name.replace("_", "-") for name in (*SECRET_OPTIONS, "ssl_keyfile_password")}
 
 
 def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name)) and not _NAMES_A_VARIABLE.search(name)
+    return bool(_SECRET_NAME.search(name)) and not _NAMES_A_VARIABLE.search(name) and not _MODEL_SHAPE.search(name)
 
 
 def redact_env(env: Mapping[str, str]) -> Dict[str, str]:
