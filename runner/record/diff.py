@@ -262,6 +262,8 @@ def _hardware_facts(m: Mapping[str, Any]) -> Dict[str, Any]:
         "numa nodes": hw.get("numa_nodes"),
         "cpus allowed": hw.get("cpus_allowed"),
         "probe source": hw.get("source"),
+        # another machine of the same kind: only the GPUs' serial identities say so
+        "gpu uuids": sorted(str(g.get("uuid")) for g in gpus if g.get("uuid")) or None,
         "devices used": placement.get("devices"),
         "interconnect used": placement.get("interconnect"),
         "worst link used": placement.get("worst_link"),
@@ -284,6 +286,7 @@ _HARDWARE_IMPACT = {
     "devices used": LOW,
     "cpus allowed": LOW,
     "probe source": LOW,
+    "gpu uuids": LOW,
 }
 
 
