@@ -665,8 +665,16 @@ def _memory_fit(
     if shape is None:
         return _Fit({}, util_ok), Findings(tuple(problems), tuple(notes))
     online = memory.online_quantization(serve.quantization, dict(hf_config or {}))
+    quant_config = (hf_config or {}).get("quantization_config")
+    from_config = None
+    if isinstance(quant_config, Mapping) and not weights_on_disk:
+        # What a user has before downloading: the checkpoint's layout from its quantization_config.
+        dtype_key = serve.dtype if serve.dtype != "auto" else (shape.torch_dtype or "bfloat16")
+        from_config = memory.checkpoint_weights_bytes(shape, dict(quant_config), DTYPE_BYTES.get(str(dtype_key), 2))
 
     def weights_for(quantization: Optional[str]) -> int:
+        if from_config is not None:
+            return from_config  # the checkpoint's quantization decides, whatever serve asks
         if not weights_on_disk:
             return _weights_bytes(shape, serve.dtype, quantization)
         # The files hold the 16-bit checkpoint: the quantized linear layers come off their size.
@@ -675,6 +683,8 @@ def _memory_fit(
 
     weights = weights_for(online)
     weights_source = "safetensors headers" if weights_on_disk else "parameter count"
+    if from_config is not None:
+        weights_source = f"config.json quantization_config ({quant_config.get('quant_method')})"
     estimate: Dict[str, Any] = {
         "parameters": shape.parameter_count(),
         "weights_gib": round(weights / GIB, 2),
@@ -682,15 +692,15 @@ def _memory_fit(
     }
     if online:
         estimate["quantization"] = f"{online} (online: linear layers in {memory.ONLINE_WEIGHT_BYTES[online]} byte)"
-    quantized = (serve.quantization is not None and not online) or bool((hf_config or {}).get("quantization_config"))
-    if quantized and not weights_on_disk:
+    quantized = (serve.quantization is not None and not online) or bool(quant_config)
+    if quantized and not weights_on_disk and from_config is None:
         notes.append(
             "memory not predicted: a quantized model's weights are sized from its safetensors files, and none are here"
         )
     predict = None
     found = Findings(tuple(problems), tuple(notes))
     gpu_bytes, gpu_name, memory_source = _gpu_memory(cfg.hw, visible, cfg.mode is Mode.plan)
-    if device is Device.cuda and gpu_bytes and (not quantized or weights_on_disk):
+    if device is Device.cuda and gpu_bytes and (not quantized or weights_on_disk or from_config is not None):
         memory_version = vllm_version
         if cfg.mode is Mode.plan and not visible:
             # Planning for a GPU machine from elsewhere: its vLLM is not this one.

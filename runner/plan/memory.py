@@ -27,9 +27,11 @@ has the measured table this module reproduces.
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import re
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 from runner.plan.compat import parse_version
 from runner.plan.shape import ModelShape
@@ -153,6 +155,106 @@ def weights_bytes(shape: ModelShape, dtype_bytes: int, online: Optional[str] = N
     if quantized:
         total -= shape.linear_parameter_count() * (dtype_bytes - quantized)
     return total
+
+
+def _skipped(name: str, ignore: Sequence[str]) -> bool:
+    """vLLM's is_layer_skipped, loosely: a "re:" regex (compressed-tensors), a glob (gpt-oss's
+    "model.layers.*.self_attn"), else the name itself or a part of it (AWQ's substring match)."""
+    for entry in ignore:
+        if entry.startswith("re:"):
+            if re.match(entry[3:], name):
+                return True
+        elif "*" in entry:
+            if fnmatch.fnmatchcase(name, entry) or fnmatch.fnmatchcase(name, entry + ".*"):
+                return True
+        elif entry == name or entry in name:
+            return True
+    return False
+
+
+def _packed_bytes(bits: float, k: int, n: int) -> float:
+    return k * n * bits / 8
+
+
+def _quantized_layer_bytes(method: str, qc: Dict[str, Any], k: int, n: int, dtype_bytes: int) -> Optional[float]:
+    """One quantized linear layer's bytes as vLLM allocates them (create_weights), or None."""
+    if method in ("awq", "awq_marlin", "gptq", "gptq_marlin"):
+        # auto_awq.py / auto_gptq.py: qweight int32 packing `bits` per element, one row of qzeros
+        # (packed like qweight) and of scales (params dtype) per group; GPTQ adds g_idx (int32 per input).
+        bits = int(qc.get("bits") or qc.get("w_bit") or 4)
+        group = int(qc.get("group_size") or qc.get("q_group_size") or -1)
+        groups = math.ceil(k / group) if group > 0 else 1
+        total = _packed_bytes(bits, k, n) + groups * n * (dtype_bytes + bits / 8)
+        return total + (4 * k if method.startswith("gptq") else 0)
+    if method in ("fp8", "fbgemm_fp8"):
+        # fp8.py, Fp8LinearMethod for a serialized checkpoint: 1 byte a weight and float32 scales,
+        # per tensor or per weight_block_size block.
+        block = qc.get("weight_block_size")
+        scales = math.ceil(n / block[0]) * math.ceil(k / block[1]) * 4 if block else 4 * 3
+        return k * n + scales
+    if method == "compressed-tensors":
+        weights = _ct_weights(qc)
+        if not weights:
+            return None
+        bits = int(weights.get("num_bits") or 8)
+        strategy = str(weights.get("strategy") or "tensor")
+        scale_bytes = 4 if weights.get("type") == "float" or strategy in ("tensor", "channel") else dtype_bytes
+        if strategy == "group":
+            rows = math.ceil(k / int(weights.get("group_size") or 128))
+            scales = rows * n * (scale_bytes + (0 if weights.get("symmetric", True) else bits / 8))
+        elif strategy == "block":
+            block = weights.get("block_structure") or [128, 128]
+            scales = math.ceil(n / block[0]) * math.ceil(k / block[1]) * 4
+        elif strategy == "channel":
+            scales = n * 4
+        else:
+            scales = 4
+        return _packed_bytes(bits, k, n) + scales
+    return None
+
+
+def _ct_weights(qc: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """compressed-tensors: the weights scheme of the config group that targets Linear layers."""
+    for group in (qc.get("config_groups") or {}).values():
+        if isinstance(group, dict) and "Linear" in (group.get("targets") or []) and group.get("weights"):
+            return group["weights"]
+    return None
+
+
+def _expert_bytes(method: str, k: int, n: int) -> Optional[float]:
+    """MoE-only formats: mxfp4 (mxfp4.py, Mxfp4MoEMethod): 4 bits a weight and one uint8
+    e8m0 scale per 32; vLLM leaves every LinearBase layer unquantized under it."""
+    if method == "mxfp4":
+        return k * n / 2 + k * n / 32
+    return None
+
+
+QUANT_METHODS = ("awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "fbgemm_fp8", "compressed-tensors", "mxfp4")
+
+
+def checkpoint_weights_bytes(shape: ModelShape, quant_config: Dict[str, Any], dtype_bytes: int) -> Optional[int]:
+    """A quantized checkpoint's weights from config.json's quantization_config alone (no file
+    read): its linear layers at the method's bytes, everything else (and the layers its ignore
+    list names) in the model dtype. None for a method not modelled (bitsandbytes, GGUF, …)."""
+    method = str(quant_config.get("quant_method") or "").lower()
+    if method not in QUANT_METHODS:
+        return None
+    ignore = list(
+        quant_config.get("modules_to_not_convert")
+        or quant_config.get("ignored_layers")
+        or quant_config.get("ignore")
+        or []
+    )
+    total = (shape.parameter_count() - shape.linear_parameter_count()) * dtype_bytes
+    for name, k, n, copies in shape.linear_layers():
+        quantized = None
+        if not _skipped(name, ignore):
+            if ".experts." in name:
+                quantized = _expert_bytes(method, k, n)
+            if quantized is None and method != "mxfp4":
+                quantized = _quantized_layer_bytes(method, quant_config, k, n, dtype_bytes)
+        total += copies * (quantized if quantized is not None else k * n * dtype_bytes)
+    return int(total)
 
 
 def serve_defaults(gpu_total_bytes: int, gpu_name: Optional[str] = None) -> Dict[str, int]:

@@ -6,7 +6,7 @@ config.json) or from the model entry's own numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 # Bytes per element of vLLM's --dtype names ("auto" is taken as the 16-bit default).
 DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "auto": 2}
@@ -124,20 +124,37 @@ class ModelShape:
         embeddings = vocab * h * (1 if self.tie_word_embeddings else 2)
         return embeddings + layers * per_layer + final_norm
 
-    def linear_parameter_count(self) -> int:
-        """The part of :meth:`parameter_count` in the decoder's linear layers (attention's q/k/v/o,
-        the MLP's or every expert's matrices; biases included): what a quantization method for
-        LinearBase / FusedMoE layers stores in fewer bytes. Embeddings, the LM head, the norms and
-        the MoE router (a ReplicatedLinear built without a quant_config in vLLM's MoE models) are not."""
+    def linear_layers(self) -> List[Tuple[str, int, int, int]]:
+        """The decoder's linear layers as vLLM names them (its module prefix, the checkpoint's
+        unfused shard names): (name, in_features, out_features, copies) — copies is the expert
+        count of an MoE layer. These are the weights a quantization method for LinearBase /
+        FusedMoE stores in fewer bytes; embeddings, the LM head, the norms, biases and the MoE
+        router (a ReplicatedLinear built without a quant_config in vLLM's MoE models) are not here."""
         h, head_dim = self.hidden_size, self.head_dim
         q_out = self.num_attention_heads * head_dim
         kv_out = self.num_key_value_heads * head_dim
-        attention = h * q_out + 2 * h * kv_out + q_out * h
-        if self.architecture.startswith("Qwen2"):
-            attention += q_out + 2 * kv_out
-        matrices = 2 if self.architecture in ("FalconForCausalLM", "RWForCausalLM") else 3
-        mlp = self.num_experts * matrices * h * self.intermediate_size
-        return self.num_hidden_layers * (attention + mlp)
+        falcon = self.architecture in ("FalconForCausalLM", "RWForCausalLM")
+        inter = self.intermediate_size
+        layers: List[Tuple[str, int, int, int]] = []
+        for i in range(self.num_hidden_layers):
+            at = f"model.layers.{i}.self_attn"
+            layers += [(f"{at}.q_proj", h, q_out, 1), (f"{at}.k_proj", h, kv_out, 1), (f"{at}.v_proj", h, kv_out, 1)]
+            layers.append((f"{at}.o_proj", q_out, h, 1))
+            mlp = f"model.layers.{i}.mlp"
+            if falcon:
+                layers += [(f"{mlp}.dense_h_to_4h", h, inter, 1), (f"{mlp}.dense_4h_to_h", inter, h, 1)]
+            elif self.num_experts > 1:
+                # FusedMoE: w13 (gate and up) and w2 (down) of every expert, one module
+                layers += [(f"{mlp}.experts.w13", h, 2 * inter, self.num_experts)]
+                layers += [(f"{mlp}.experts.w2", inter, h, self.num_experts)]
+            else:
+                layers += [(f"{mlp}.gate_proj", h, inter, 1), (f"{mlp}.up_proj", h, inter, 1)]
+                layers.append((f"{mlp}.down_proj", inter, h, 1))
+        return layers
+
+    def linear_parameter_count(self) -> int:
+        """The weights of :meth:`linear_layers` (no biases): what online fp8 stores in one byte."""
+        return sum(k * n * copies for _, k, n, copies in self.linear_layers())
 
 
 _PRESCALED_ROPE = {"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}

@@ -234,8 +234,9 @@ def test_weights_come_from_safetensors_headers_when_on_disk(compose, tmp_path):
     assert models.safetensors_weights(str(tmp_path)) is None
 
 
-def test_a_quantized_model_without_files_is_not_sized_from_its_parameter_count(compose, probe_h100x4):
-    # 4-bit weights are about a quarter of what the parameter count says: without the files, no guess
+def test_a_quantized_model_without_files_is_sized_from_its_quantization_config(compose, probe_h100x4):
+    # 4-bit weights are about a quarter of what the parameter count says: sized from quantization_config
+    # (the published checkpoint's files are 41.6 GB = 38.7 GiB), not from the parameter count
     awq = {
         k: v
         for k, v in json.loads((FIXTURES / "hf_configs" / "qwen2.5-72b-instruct-awq.json").read_text()).items()
@@ -254,8 +255,14 @@ def test_a_quantized_model_without_files_is_not_sized_from_its_parameter_count(c
         )
     )
     plan = make_plan(cfg, probe_h100x4, awq, "0.26.0", {})
-    assert "fit" not in plan.estimate and plan.ok
-    assert any("memory not predicted" in n for n in plan.notes)
-    # the same shape unquantized does not fit on one GPU, so the skip is what let it pass
+    assert plan.ok, plan.problems
+    assert plan.estimate["weights_source"] == "config.json quantization_config (awq)"
+    assert abs(plan.estimate["fit"]["weights_gib_per_gpu"] - 38.7) < 0.1
+    assert not any("memory not predicted" in n for n in plan.notes)
+    # the same shape unquantized does not fit on one GPU
     plain = make_plan(cfg, probe_h100x4, {k: v for k, v in awq.items() if k != "quantization_config"}, "0.26.0", {})
     assert not plain.ok
+    # a method the model does not size (bitsandbytes) is still not guessed
+    bnb = dict(awq, quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True})
+    unknown = make_plan(cfg, probe_h100x4, bnb, "0.26.0", {})
+    assert "fit" not in unknown.estimate and any("memory not predicted" in n for n in unknown.notes)

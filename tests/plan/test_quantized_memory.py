@@ -7,6 +7,9 @@ utilization 0.92) — "Model loading took 67.7 GiB", KV cache 58.4 GiB."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -126,14 +129,15 @@ def test_fp8_kv_cache_halves_the_bytes_per_token_with_online_fp8(plan_on):
 
 
 def test_fp8_on_a_quantized_checkpoint_is_not_online(plan_on, compose):
-    # a checkpoint that says quantization_config is sized from its files (none here): no guess
+    # a checkpoint that says quantization_config is sized from it (its files when present), not quantized again
     cfg = OmegaConf.to_object(compose(["model=llama3-8b"]))
     hf = dict(cfg.model.hf_config, quantization_config={"quant_method": "fp8", "activation_scheme": "dynamic"})
     assert memory.online_quantization("fp8", hf) is None
     plan = plan_on(
         ["hw=auto", "model=llama3-8b", "model.load_format=dummy", "serve.quantization=fp8"], _probe(*H200), hf
     )
-    assert "fit" not in plan.estimate
+    assert plan.estimate["weights_source"] == "config.json quantization_config (fp8)"
+    assert "quantization" not in plan.estimate and abs(plan.estimate["weights_gib"] - 8.46) < 0.01
 
 
 def test_online_fp8_with_the_16_bit_files_on_disk_takes_the_saving_off_their_size(compose):
@@ -157,3 +161,93 @@ def test_online_fp8_with_the_16_bit_files_on_disk_takes_the_saving_off_their_siz
     plan = make_plan(fp8, _probe(*H200), dict(fp8.model.hf_config), "0.26.0", {}, weights_on_disk=on_disk)
     assert plan.estimate["weights_source"] == "safetensors headers"
     assert plan.estimate["weights_gib"] == round(memory.weights_bytes(shape, 2, "fp8") / GIB, 2)
+
+
+# ---- quantized checkpoints from config.json's quantization_config alone
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hf_configs"
+
+
+def _shape(name: str) -> ModelShape:
+    return ModelShape.from_hf_config(json.loads((FIXTURES / f"{name}.json").read_text()))
+
+
+# (fixture, quantization_config, the published checkpoint's safetensors total in GB)
+CHECKPOINTS = [
+    pytest.param(
+        "qwen2.5-72b-instruct-awq",
+        {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"},
+        41.6,
+        id="Qwen2.5-72B-Instruct-AWQ",
+    ),
+    pytest.param(
+        "qwen2.5-7b-instruct",
+        {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True},
+        5.58,
+        id="Qwen2.5-7B-Instruct-GPTQ-Int4",
+    ),
+    pytest.param(
+        "qwen2.5-7b-instruct",
+        {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True},
+        5.58,
+        id="Qwen2.5-7B-Instruct-AWQ",
+    ),
+    pytest.param(
+        "llama-3.1-8b",
+        {
+            "quant_method": "compressed-tensors",
+            "config_groups": {
+                "group_0": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "float", "strategy": "channel"}}
+            },
+            "ignore": ["lm_head"],
+        },
+        9.08,
+        id="Meta-Llama-3.1-8B-Instruct-FP8 (compressed-tensors)",
+    ),
+]
+
+
+@pytest.mark.parametrize("fixture, qc, published_gb", CHECKPOINTS)
+def test_checkpoint_weights_from_quantization_config_match_the_published_files(fixture, qc, published_gb):
+    predicted = memory.checkpoint_weights_bytes(_shape(fixture), qc, 2)
+    assert abs(predicted / 1e9 - published_gb) < 0.05 * published_gb
+    assert abs(predicted / 1e9 - published_gb) < 0.1
+
+
+def test_ignored_modules_stay_in_the_model_dtype():
+    shape = _shape("llama-3.1-8b")
+    qc = {"quant_method": "fp8", "activation_scheme": "dynamic"}
+    all_fp8 = memory.checkpoint_weights_bytes(shape, qc, 2)
+    attention = sum(k * n for name, k, n, _ in shape.linear_layers() if ".self_attn." in name)
+    for ignore in (["self_attn"], ["re:.*self_attn.*"], ["model.layers.*.self_attn"]):
+        kept = memory.checkpoint_weights_bytes(shape, dict(qc, modules_to_not_convert=ignore), 2)
+        # one more byte a weight for every attention matrix, less its per-tensor scales
+        assert 0 <= attention - (kept - all_fp8) <= 4 * 3 * 4 * shape.num_hidden_layers
+    # block-wise fp8 scales (128 x 128 float32) are counted
+    block = memory.checkpoint_weights_bytes(shape, dict(qc, weight_block_size=[128, 128]), 2)
+    assert 0 < block - all_fp8 < 0.001 * all_fp8
+
+
+def test_mxfp4_quantizes_only_the_experts():
+    shape = _shape("mixtral-8x7b-v0.1")
+    qc = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn", "lm_head"]}
+    experts = sum(k * n * c for name, k, n, c in shape.linear_layers() if ".experts." in name)
+    full = shape.parameter_count() * 2
+    assert memory.checkpoint_weights_bytes(shape, qc, 2) == full - experts * 2 + experts * 17 // 32
+
+
+def test_an_unmodelled_method_is_not_guessed():
+    assert memory.checkpoint_weights_bytes(_shape("llama-3.1-8b"), {"quant_method": "gguf"}, 2) is None
+
+
+def test_the_files_on_disk_are_preferred_to_the_quantization_config(compose):
+    awq = {k: v for k, v in json.loads((FIXTURES / "qwen2.5-72b-instruct-awq.json").read_text()).items() if k[0] != "_"}
+    cfg = OmegaConf.to_object(
+        compose(["hw=auto", "model=qwen2.5-72b", "model.load_format=dummy", "mode=plan", "cache_dir=/nonexistent"])
+    )
+    on_disk = {"bytes": 40 * GIB, "bytes_by_dtype": {"I32": 35 * GIB, "F16": 5 * GIB}}
+    plan = make_plan(cfg, _probe(*H200), awq, "0.26.0", {}, weights_on_disk=on_disk)
+    assert plan.estimate["weights_source"] == "safetensors headers" and plan.estimate["weights_gib"] == 40.0
+    # without them, the config's 38.7 GiB; and no fp8 fix is offered for a quantized checkpoint
+    plan = make_plan(cfg, _probe(*H200), awq, "0.26.0", {})
+    assert abs(plan.estimate["weights_gib"] - 38.7) < 0.1
