@@ -206,9 +206,7 @@ def _predictor(
             max_num_batched_tokens=serve.max_num_batched_tokens,
             max_num_seqs=serve.max_num_seqs,
             kv_cache_dtype=serve.kv_cache_dtype,
-            dtype_bytes=DTYPE_BYTES.get(str(shape.torch_dtype or "bfloat16"), 2)
-            if serve.dtype == "auto"
-            else DTYPE_BYTES.get(serve.dtype, 2),
+            dtype_bytes=shape.served_dtype_bytes(serve.dtype),
             gpu_name=gpu_name,
             vllm_version=vllm_version,
             enforce_eager=serve.enforce_eager,
@@ -277,8 +275,7 @@ def _weights_from_disk(on_disk: Mapping[str, Any], dtype: str) -> int:
 
 
 def _weights_bytes(shape: ModelShape, dtype: str, online: Optional[str] = None) -> int:
-    key = dtype if dtype != "auto" else (shape.torch_dtype or "bfloat16")
-    return memory.weights_bytes(shape, DTYPE_BYTES.get(str(key), 2), online)
+    return memory.weights_bytes(shape, shape.served_dtype_bytes(dtype), online)
 
 
 def _fp8_capable(visible, gpu_name: Optional[str]) -> bool:
@@ -669,8 +666,7 @@ def _memory_fit(
     from_config = None
     if isinstance(quant_config, Mapping) and not weights_on_disk:
         # What a user has before downloading: the checkpoint's layout from its quantization_config.
-        dtype_key = serve.dtype if serve.dtype != "auto" else (shape.torch_dtype or "bfloat16")
-        from_config = memory.checkpoint_weights_bytes(shape, dict(quant_config), DTYPE_BYTES.get(str(dtype_key), 2))
+        from_config = memory.checkpoint_weights_bytes(shape, dict(quant_config), shape.served_dtype_bytes(serve.dtype))
 
     def weights_for(quantization: Optional[str]) -> int:
         if from_config is not None:
@@ -728,7 +724,7 @@ def _memory_fit(
         fp8_offered = (
             serve.quantization is None
             and not quantized
-            and DTYPE_BYTES.get(str(shape.torch_dtype or "bfloat16"), 2) == 2
+            and shape.served_dtype_bytes(serve.dtype) == 2
             and _fp8_capable(visible, gpu_name)
         )
         found += _gpu_fit_findings(cfg, shape, fit, predict, sizes, util_ok, memory_version, vllm_version, fp8_offered)

@@ -270,6 +270,48 @@ def kv_bytes_per_token(shape: ModelShape, tp: int, pp: int = 1, kv_dtype_bytes: 
     return layers * kv_heads * shape.head_dim * 2 * kv_dtype_bytes
 
 
+@dataclass(frozen=True)
+class KvPool:
+    """How vLLM lays one GPU's KV cache out (vllm/v1/core/kv_cache_utils.py)."""
+
+    bytes_per_block: int  # what one block id costs across the layers that share it
+    groups: int  # KV-cache groups drawing block ids from the one pool
+    blocks_per_request: int  # what one request of max_model_len takes, over every group
+    sliding: bool  # some layers are sliding-window ones
+
+
+def kv_pool(shape: ModelShape, tp: int, pp: int, kv_dtype_bytes: int, max_model_len: int, batched: int) -> KvPool:
+    """vLLM's KV-cache groups for this GPU's layers.
+
+    One attention type (every layer full, or every layer the same sliding window): one group of
+    all layers, a block holds BLOCK_SIZE tokens of every layer. Full and sliding-window layers
+    mixed (Gemma-2/3, gpt-oss) with one page size: _get_kv_cache_groups_uniform_page_size splits
+    each type into groups of group_size layers — the smaller type's count, or the larger's when
+    it is under 1.5 times the smaller (padding the short type) — and every group draws block
+    ids from one pool of group_size tensors, so a block costs group_size pages. "GPU KV cache
+    size" (0.26's report) is num_blocks // groups x BLOCK_SIZE; a request takes
+    cdiv(max_model_len, 16) blocks in each full group and, in each sliding group,
+    cdiv(min(window - 1 + max_num_batched_tokens, max_model_len), 16) + 1 (SlidingWindowSpec's
+    max_memory_usage_bytes), which is what get_max_concurrency_for_kv_cache_config divides by."""
+    layers = math.ceil(shape.num_hidden_layers / pp)
+    page = max(1, shape.num_key_value_heads // tp) * shape.head_dim * 2 * kv_dtype_bytes * BLOCK_SIZE
+    full_blocks = math.ceil(max_model_len / BLOCK_SIZE)
+    kinds = shape.layer_types[:layers] if shape.layer_types else ("full_attention",) * layers
+    sliding = sum(1 for k in kinds if k == "sliding_attention")
+    counts = [c for c in (layers - sliding, sliding) if c]
+    window = shape.sliding_window or 0
+    window_blocks = math.ceil(min(window - 1 + batched, max_model_len) / BLOCK_SIZE) + 1
+    if len(counts) == 1:
+        per_request = window_blocks if sliding else full_blocks
+        return KvPool(page * layers, 1, per_request, bool(sliding))
+    size = min(counts)
+    if max(counts) < 1.5 * size:
+        size = max(counts)
+    full_groups, sliding_groups = math.ceil((layers - sliding) / size), math.ceil(sliding / size)
+    per_request = full_groups * full_blocks + sliding_groups * window_blocks
+    return KvPool(page * size, full_groups + sliding_groups, per_request, True)
+
+
 def activation_peak_bytes(shape: ModelShape, tp: int, tokens: int, rows: int, dtype_bytes: int = 2) -> int:
     intermediate = shape.intermediate_size
     if shape.num_experts > 1:  # the routed tokens' experts, top-k of them per token
@@ -330,9 +372,10 @@ def predict(
     counted = graphs_counted(vllm_version)
     kv_cache = requested - weights - peak - non_torch - (graphs if counted else 0)
     per_token = kv_bytes_per_token(shape, tp, pp, kv_bytes)
-    blocks = max(0, int(kv_cache // (per_token * BLOCK_SIZE)))
-    kv_tokens = blocks * BLOCK_SIZE
-    per_request_blocks = math.ceil(length / BLOCK_SIZE)
+    pool = kv_pool(shape, tp, pp, kv_bytes, length, tokens)
+    blocks = max(0, int(kv_cache // pool.bytes_per_block))
+    kv_tokens = blocks // pool.groups * BLOCK_SIZE
+    per_request_blocks = pool.blocks_per_request
     concurrency = blocks / per_request_blocks if per_request_blocks else 0.0
     # Everything on the GPU once serving: what was there before vLLM's snapshot, what it
     # requested, and the CUDA graphs where they are not inside the request.
@@ -346,8 +389,13 @@ def predict(
         why = f"weights need {weights / GIB:.1f} GiB per GPU, more than the {requested / GIB:.1f} GiB vLLM may use"
     elif kv_cache <= 0:
         why = f"no memory left for the KV cache ({kv_cache / GIB:.2f} GiB after weights and activations)"
-    elif kv_tokens < length:
+    elif kv_tokens < length and not pool.sliding:
         why = f"the KV cache holds {kv_tokens:,} tokens, fewer than max_model_len {length:,}"
+    elif blocks < per_request_blocks:
+        why = (
+            f"the KV cache holds {blocks:,} blocks, fewer than the {per_request_blocks:,} one request of "
+            f"max_model_len {length:,} needs across its full and sliding-window layers"
+        )
     elif headroom < need_free and (headroom < 0 or gpu_total_bytes >= BIG_GPU_BYTES):
         # Certain when vLLM's own plan exceeds the card; on other cards than the 80 GB class
         # the constants were measured on, a small margin is only a warning (oom_risk).

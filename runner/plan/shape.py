@@ -33,6 +33,11 @@ class ModelShape:
     # The longest max_model_len vLLM accepts (vllm/config/model.py, _get_and_verify_max_len):
     # max_position_embeddings, times the RoPE factor for scalings that don't pre-scale it.
     context_length: Optional[int] = None
+    # Attention window per layer, as vLLM builds each layer's Attention (per_layer_sliding_window,
+    # else the model-level hf sliding_window): "sliding_attention" or "full_attention" for each
+    # layer; empty when every layer is full attention.
+    layer_types: Tuple[str, ...] = ()
+    sliding_window: Optional[int] = None
 
     @classmethod
     def from_hf_config(cls, cfg: Dict[str, Any]) -> "ModelShape":
@@ -88,7 +93,16 @@ class ModelShape:
             context_length=_derived_context(text),
             moe_intermediate_size=text.get("moe_intermediate_size"),
             experts_per_token=int(text.get("num_experts_per_tok") or 2),
+            **_attention_windows(text, model_type, layers),
         )
+
+    def served_dtype_bytes(self, dtype: Optional[str] = "auto") -> int:
+        """Bytes per weight (and per activation / KV element) vLLM serves with for --dtype: "auto"
+        is the checkpoint's dtype, except that a float32 checkpoint (Gemma-2's published
+        configs) is served in 16 bits (vllm/config/model.py, _get_and_verify_dtype)."""
+        if dtype not in (None, "auto"):
+            return DTYPE_BYTES.get(str(dtype), 2)
+        return min(DTYPE_BYTES.get(str(self.torch_dtype or "bfloat16"), 2), 2)
 
     def parameter_count(self) -> int:
         """Weights of a decoder-only transformer, by family.
@@ -155,6 +169,35 @@ class ModelShape:
     def linear_parameter_count(self) -> int:
         """The weights of :meth:`linear_layers` (no biases): what online fp8 stores in one byte."""
         return sum(k * n * copies for _, k, n, copies in self.linear_layers())
+
+
+def _attention_windows(text: Dict[str, Any], model_type: str, layers: int) -> Dict[str, Any]:
+    """layer_types and sliding_window as vLLM reads them.
+
+    An explicit ``layer_types`` list (transformers writes it for Gemma-2/3, gpt-oss, Qwen3, …) is
+    what vLLM's models index (gemma2.py, llama.py: ``config.layer_types[layer_idx] ==
+    "sliding_attention"``); older Gemma configs without it get transformers' own rule (Gemma-2:
+    every even layer slides; Gemma-3: all but every ``sliding_window_pattern``-th). Otherwise a
+    model-level ``sliding_window`` (Mistral-7B-v0.1, Phi-3) applies to every layer
+    (vllm/model_executor/layers/attention/attention.py falls back to cache_config.sliding_window),
+    unless ``use_sliding_window`` is false (Qwen2: transformers then sets sliding_window None)."""
+    window = text.get("sliding_window")
+    if not window or text.get("use_sliding_window") is False:
+        return {}
+    window = int(window)
+    given = text.get("layer_types")
+    if isinstance(given, list) and len(given) == layers:
+        kinds = tuple("sliding_attention" if "sliding" in str(t) else "full_attention" for t in given)
+    elif model_type == "gemma2":
+        kinds = tuple("sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers))
+    elif model_type in ("gemma3", "gemma3_text"):
+        pattern = int(text.get("sliding_window_pattern") or 6)
+        kinds = tuple("sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers))
+    else:
+        kinds = ("sliding_attention",) * layers
+    if "sliding_attention" not in kinds:
+        return {}
+    return {"layer_types": kinds, "sliding_window": window}
 
 
 _PRESCALED_ROPE = {"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}

@@ -119,6 +119,10 @@ MATRIX = [
     row("mistral-7b-v0.3", 8, OK, ""),
     row("mistral-7b-v0.3", 3, "heads", "32 % 3 = 2"),
     row("mistral-7b-v0.3", 16, OK, "KV replicated; 14336/16 = 896"),
+    row("mistral-7b-v0.1", 1, OK, "sliding_window 4096 on every layer: no TP rule of its own"),
+    row("mistral-7b-v0.1", 4, OK, ""),
+    row("mistral-7b-v0.1", 8, OK, ""),
+    row("mistral-7b-v0.1", 3, "heads", "32 % 3 = 2"),
     # Mixtral-8x7B: 32 heads, 8 KV, expert intermediate 14336
     row("mixtral-8x7b-v0.1", 1, OK, ""),
     row("mixtral-8x7b-v0.1", 2, OK, ""),
