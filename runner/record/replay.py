@@ -120,14 +120,16 @@ def expand_argv(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
         raise BadReplay(Problem("replay", found[1][len(ARG) :], "given twice", "give one replay=PATH"))
     value = found[0][len(ARG) :]
     file, manifest = load(value)
-    rest = [a for a in argv if a != found[0]]
-    named = {a.split("=", 1)[0].lstrip("+~") for a in rest if "=" in a}
+    # in replay='s place: Hydra's flags (-m, -cd DIR) stay before it, the overrides after it follow
+    at = list(argv).index(found[0])
+    before, rest = list(argv[:at]), list(argv[at + 1 :])
+    named = {a.split("=", 1)[0].lstrip("+~") for a in before + rest if "=" in a}
     notes: List[str] = []
     config = manifest.get("config")
     if not isinstance(config, Mapping):
         replayed = [o for o in _command_overrides(manifest) if o.split("=", 1)[0].lstrip("+~") not in named]
         notes.append(f"replay: {file} has no config (rejected before composition); its overrides are replayed")
-        return replayed + [_quoted(file)] + rest, notes
+        return before + replayed + [_quoted(file)] + rest, notes
     config, dropped = unmasked({k: v for k, v in config.items() if k != "replay"})
     for key in dropped:
         if is_secret_name(key.rsplit(".", 1)[-1]):
@@ -141,7 +143,7 @@ def expand_argv(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 
     ConfigStore.instance().store(group=OVERLAY_GROUP, name="manifest", node=config, package="_global_")
     choices = [c for c in _group_choices(file, config) if c.split("=", 1)[0] not in named]
-    return choices + [f"+{OVERLAY_GROUP}=manifest", _quoted(file)] + rest, notes
+    return before + choices + [f"+{OVERLAY_GROUP}=manifest", _quoted(file)] + rest, notes
 
 
 # --------------------------------------------------------------------------- after planning

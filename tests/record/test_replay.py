@@ -137,3 +137,20 @@ def test_bad_replay_path_is_one_line_and_exit_2(tmp_path, kind):
 
 def test_argv_without_replay_is_untouched():
     assert expand_argv(["hw=cpu-2", "mode=plan"]) == (["hw=cpu-2", "mode=plan"], [])
+
+
+def test_a_sweep_replays_the_manifest_at_every_point(original, tmp_path):
+    out = run_runner(
+        ["-m", f"replay={original}", "serve.tensor_parallel_size=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    points = sorted((tmp_path / "sweep").glob("*/manifest.json"))
+    # the points are named by what differs between them, not by the replayed path
+    assert [p.parent.name for p in points] == [
+        f"{i}_hw=cpu-2,model=tiny-llama,serve.tensor_parallel_size={i + 1}" for i in range(2)
+    ]
+    for tp, point in enumerate(points, start=1):
+        manifest = json.loads(point.read_text())
+        assert manifest["config"]["serve"]["tensor_parallel_size"] == tp
+        assert manifest["config"]["serve"]["max_model_len"] == 512
+        assert manifest["replayed_from"]["manifest"] == str(original / "manifest.json")
