@@ -224,28 +224,35 @@ def _memory_problem(
 
     fp8_offered: serve.quantization=fp8 may be suggested (a 16-bit checkpoint not quantized yet,
     on cards with fp8 tensor cores)."""
+    tp = fit.tensor_parallel_size
+
+    def clean(**change: Any) -> bool:
+        # every fix is planned again with its change before it is offered
+        return predict(tp, **change).fits
+
     fixes: List[str] = []
-    bigger = [t for t in valid_tps if t > fit.tensor_parallel_size and predict(t).fits]
+    bigger = [t for t in valid_tps if t > tp and predict(t).fits]
     if bigger:
         fixes.append(f"serve.tensor_parallel_size={bigger[0]}")
     weights_fit = fit.weights_gib_per_gpu < fit.requested_gib
     longest = memory.safe_max_model_len(fit)
-    if weights_fit and longest and fit.kv_cache_tokens < fit.max_model_len:
+    if weights_fit and longest and longest < fit.max_model_len and clean(max_model_len=longest):
         fixes.append(f"serve.max_model_len={longest}")
-    if (
-        weights_fit
-        and serve.kv_cache_dtype in (None, "auto")
-        and predict(fit.tensor_parallel_size, kv_cache_dtype="fp8").fits
-    ):
+    if serve.kv_cache_dtype in (None, "auto") and clean(kv_cache_dtype="fp8"):
         fixes.append("serve.kv_cache_dtype=fp8")
     current = util or memory.DEFAULT_GPU_MEMORY_UTILIZATION
     safe = fit.max_safe_utilization
     out_of_memory = bool(fit.why_not and fit.why_not.startswith("out of memory"))
     if out_of_memory:
-        fixes.insert(0, f"serve.gpu_memory_utilization={safe:.2f}")
-    elif weights_fit and safe > current and predict(fit.tensor_parallel_size, gpu_memory_utilization=safe).fits:
-        fixes.append(f"serve.gpu_memory_utilization={safe:.2f}")
-    if fp8_offered and predict(fit.tensor_parallel_size, quantization="fp8").fits:
+        if safe < current and clean(gpu_memory_utilization=safe):
+            fixes.insert(0, f"serve.gpu_memory_utilization={safe:.2f}")
+    else:
+        # higher when it asks for too little: vLLM's default first where it is enough, else the safe most
+        higher = [u for u in (memory.DEFAULT_GPU_MEMORY_UTILIZATION, safe) if current < u <= safe]
+        raised = next((u for u in higher if clean(gpu_memory_utilization=u)), None)
+        if raised is not None:
+            fixes.append(f"serve.gpu_memory_utilization={raised:.2f}")
+    if fp8_offered and clean(quantization="fp8"):
         fixes.append("serve.quantization=fp8")
     if not weights_fit:
         key, value = "serve.tensor_parallel_size", fit.tensor_parallel_size
