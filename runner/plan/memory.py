@@ -264,10 +264,8 @@ def serve_defaults(gpu_total_bytes: int, gpu_name: Optional[str] = None) -> Dict
 
 def kv_bytes_per_token(shape: ModelShape, tp: int, pp: int = 1, kv_dtype_bytes: int = 2) -> int:
     """K and V for every layer this GPU holds, per token."""
-    # vllm/model_executor/layers/linear.py, QKVParallelLinear: max(1, kv_heads // tp) per rank.
-    kv_heads = max(1, shape.num_key_value_heads // tp)
     layers = math.ceil(shape.num_hidden_layers / pp)
-    return layers * kv_heads * shape.head_dim * 2 * kv_dtype_bytes
+    return layers * shape.kv_bytes_per_token_per_layer(tp, kv_dtype_bytes)
 
 
 @dataclass(frozen=True)
@@ -294,7 +292,7 @@ def kv_pool(shape: ModelShape, tp: int, pp: int, kv_dtype_bytes: int, max_model_
     cdiv(min(window - 1 + max_num_batched_tokens, max_model_len), 16) + 1 (SlidingWindowSpec's
     max_memory_usage_bytes), which is what get_max_concurrency_for_kv_cache_config divides by."""
     layers = math.ceil(shape.num_hidden_layers / pp)
-    page = max(1, shape.num_key_value_heads // tp) * shape.head_dim * 2 * kv_dtype_bytes * BLOCK_SIZE
+    page = shape.kv_bytes_per_token_per_layer(tp, kv_dtype_bytes) * BLOCK_SIZE
     full_blocks = math.ceil(max_model_len / BLOCK_SIZE)
     kinds = shape.layer_types[:layers] if shape.layer_types else ("full_attention",) * layers
     sliding = sum(1 for k in kinds if k == "sliding_attention")

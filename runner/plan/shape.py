@@ -38,6 +38,19 @@ class ModelShape:
     # layer; empty when every layer is full attention.
     layer_types: Tuple[str, ...] = ()
     sliding_window: Optional[int] = None
+    # MLA (DeepSeek-V2/V3): one compressed latent of kv_lora_rank + qk_rope_head_dim per token and
+    # layer, shared by every head (vllm/model_executor/layers/attention/mla_attention.py).
+    kv_lora_rank: Optional[int] = None
+    q_lora_rank: Optional[int] = None
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    # MoE beyond Mixtral: the shared experts' total width (DeepSeek n_shared_experts x
+    # moe_intermediate_size, Qwen2-MoE shared_expert_intermediate_size), the leading dense layers
+    # (DeepSeek first_k_dense_replace), and Qwen3's per-head q/k RMSNorms.
+    shared_expert_intermediate_size: int = 0
+    dense_layers: int = 0
+    qk_norm: bool = False
 
     @classmethod
     def from_hf_config(cls, cfg: Dict[str, Any]) -> "ModelShape":
@@ -88,12 +101,15 @@ class ModelShape:
             vocab_size=int(text["vocab_size"]),
             max_position_embeddings=text.get("max_position_embeddings"),
             tie_word_embeddings=bool(tied_default if tied is None else tied),
-            num_experts=int(text.get("num_local_experts") or text.get("num_experts") or 1),
+            num_experts=int(
+                text.get("num_local_experts") or text.get("num_experts") or text.get("n_routed_experts") or 1
+            ),
             torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
             context_length=_derived_context(text),
             moe_intermediate_size=text.get("moe_intermediate_size"),
             experts_per_token=int(text.get("num_experts_per_tok") or 2),
             **_attention_windows(text, model_type, layers),
+            **_mla_and_moe(text, model_type),
         )
 
     def served_dtype_bytes(self, dtype: Optional[str] = "auto") -> int:
@@ -105,24 +121,26 @@ class ModelShape:
         return min(DTYPE_BYTES.get(str(self.torch_dtype or "bfloat16"), 2), 2)
 
     def parameter_count(self) -> int:
-        """Weights of a decoder-only transformer, by family.
+        """Weights of a decoder-only transformer, by family: :meth:`linear_layers` plus what is
+        not a linear layer.
 
         Llama / Mistral / Mixtral / Phi-3 / Qwen2: gated MLP (3 matrices), RMSNorm weights (2 a layer);
         Qwen2 adds q/k/v biases. Gemma-2: gated MLP, 4 RMSNorms a layer (pre/post attention and
         feed-forward), tied embeddings. Falcon: fused QKV without bias, a non-gated 4h MLP (2 matrices),
-        LayerNorm weight + bias, tied embeddings. The Llama count is exactly the tensors the runner
-        writes for its generated model."""
+        LayerNorm weight + bias, tied embeddings. Qwen3: q/k RMSNorms of head_dim. DeepSeek-V2/V3:
+        MLA's kv_a (and q_a) RMSNorms; MoE: the router (hidden x experts) and Qwen2-MoE's shared-expert
+        gate. The Llama count is exactly the tensors the runner writes for its generated model."""
         h, layers, head_dim = self.hidden_size, self.num_hidden_layers, self.head_dim
         arch = self.architecture
         falcon = arch in ("FalconForCausalLM", "RWForCausalLM")
-        q_out = self.num_attention_heads * head_dim
-        kv_out = self.num_key_value_heads * head_dim
-        attention = h * q_out + 2 * h * kv_out + q_out * h
-        if arch.startswith("Qwen2"):
-            attention += q_out + 2 * kv_out  # qkv_proj bias
-        matrices = 2 if falcon else 3
-        mlp = self.num_experts * matrices * h * self.intermediate_size
-        router = h * self.num_experts if self.num_experts > 1 else 0
+        extra = 0  # per layer, outside the linear layers
+        if arch.startswith("Qwen2") and not self.kv_lora_rank:
+            q_out = self.num_attention_heads * head_dim
+            extra += q_out + 2 * self.num_key_value_heads * head_dim  # qkv_proj bias
+        if self.qk_norm:
+            extra += 2 * head_dim
+        if self.kv_lora_rank:
+            extra += self.kv_lora_rank + (self.q_lora_rank or 0)
         if falcon:
             # LayerNorm weight + bias: input_layernorm, or ln_attn + ln_mlp for the new decoder
             # architecture (grouped KV heads); ln_f at the end.
@@ -132,11 +150,12 @@ class ModelShape:
             norms, final_norm = 4 * h, h
         else:
             norms, final_norm = 2 * h, h
-        per_layer = attention + mlp + router + norms
+        moe_layers = layers - self.dense_layers if self.num_experts > 1 else 0
+        router = h * self.num_experts + (h if self.shared_expert_intermediate_size and arch.startswith("Qwen2") else 0)
         # vllm/model_executor/layers/vocab_parallel_embedding.py pads the vocabulary to 64
         vocab = -(-self.vocab_size // 64) * 64
         embeddings = vocab * h * (1 if self.tie_word_embeddings else 2)
-        return embeddings + layers * per_layer + final_norm
+        return embeddings + self.linear_parameter_count() + layers * (extra + norms) + moe_layers * router + final_norm
 
     def linear_layers(self) -> List[Tuple[str, int, int, int]]:
         """The decoder's linear layers as vLLM names them (its module prefix, the checkpoint's
@@ -145,26 +164,54 @@ class ModelShape:
         FusedMoE stores in fewer bytes; embeddings, the LM head, the norms, biases and the MoE
         router (a ReplicatedLinear built without a quant_config in vLLM's MoE models) are not here."""
         h, head_dim = self.hidden_size, self.head_dim
-        q_out = self.num_attention_heads * head_dim
+        heads = self.num_attention_heads
+        q_out = heads * head_dim
         kv_out = self.num_key_value_heads * head_dim
         falcon = self.architecture in ("FalconForCausalLM", "RWForCausalLM")
         inter = self.intermediate_size
+        expert = self.moe_intermediate_size or inter
         layers: List[Tuple[str, int, int, int]] = []
         for i in range(self.num_hidden_layers):
             at = f"model.layers.{i}.self_attn"
-            layers += [(f"{at}.q_proj", h, q_out, 1), (f"{at}.k_proj", h, kv_out, 1), (f"{at}.v_proj", h, kv_out, 1)]
-            layers.append((f"{at}.o_proj", q_out, h, 1))
+            if self.kv_lora_rank:
+                # deepseek_v2.py, DeepseekV2MLAAttention: q (or q_a -> q_b), kv_a_proj_with_mqa -> kv_b, o
+                qk = self.qk_nope_head_dim + self.qk_rope_head_dim
+                if self.q_lora_rank:
+                    layers += [(f"{at}.q_a_proj", h, self.q_lora_rank, 1)]
+                    layers += [(f"{at}.q_b_proj", self.q_lora_rank, heads * qk, 1)]
+                else:
+                    layers.append((f"{at}.q_proj", h, heads * qk, 1))
+                layers.append((f"{at}.kv_a_proj_with_mqa", h, self.kv_lora_rank + self.qk_rope_head_dim, 1))
+                kv_b_out = heads * (self.qk_nope_head_dim + self.v_head_dim)
+                layers.append((f"{at}.kv_b_proj", self.kv_lora_rank, kv_b_out, 1))
+                layers.append((f"{at}.o_proj", heads * self.v_head_dim, h, 1))
+            else:
+                layers += [(f"{at}.q_proj", h, q_out, 1), (f"{at}.k_proj", h, kv_out, 1)]
+                layers += [(f"{at}.v_proj", h, kv_out, 1), (f"{at}.o_proj", q_out, h, 1)]
             mlp = f"model.layers.{i}.mlp"
             if falcon:
                 layers += [(f"{mlp}.dense_h_to_4h", h, inter, 1), (f"{mlp}.dense_4h_to_h", inter, h, 1)]
-            elif self.num_experts > 1:
+            elif self.num_experts > 1 and i >= self.dense_layers:
                 # FusedMoE: w13 (gate and up) and w2 (down) of every expert, one module
-                layers += [(f"{mlp}.experts.w13", h, 2 * inter, self.num_experts)]
-                layers += [(f"{mlp}.experts.w2", inter, h, self.num_experts)]
+                layers += [(f"{mlp}.experts.w13", h, 2 * expert, self.num_experts)]
+                layers += [(f"{mlp}.experts.w2", expert, h, self.num_experts)]
+                shared = self.shared_expert_intermediate_size
+                if shared:
+                    layers += [(f"{mlp}.shared_experts.gate_proj", h, shared, 1)]
+                    layers += [(f"{mlp}.shared_experts.up_proj", h, shared, 1)]
+                    layers += [(f"{mlp}.shared_experts.down_proj", shared, h, 1)]
             else:
                 layers += [(f"{mlp}.gate_proj", h, inter, 1), (f"{mlp}.up_proj", h, inter, 1)]
                 layers.append((f"{mlp}.down_proj", inter, h, 1))
         return layers
+
+    def kv_bytes_per_token_per_layer(self, tp: int, kv_dtype_bytes: int) -> int:
+        """One layer's KV cache per token on one GPU: K and V of its share of the KV heads
+        (QKVParallelLinear: max(1, kv_heads // tp)), or MLA's one latent, which every rank holds
+        whole (MLAAttentionSpec: one "head" of kv_lora_rank + qk_rope_head_dim, no separate V)."""
+        if self.kv_lora_rank:
+            return (self.kv_lora_rank + self.qk_rope_head_dim) * kv_dtype_bytes
+        return max(1, self.num_key_value_heads // tp) * self.head_dim * 2 * kv_dtype_bytes
 
     def linear_parameter_count(self) -> int:
         """The weights of :meth:`linear_layers` (no biases): what online fp8 stores in one byte."""
@@ -198,6 +245,28 @@ def _attention_windows(text: Dict[str, Any], model_type: str, layers: int) -> Di
     if "sliding_attention" not in kinds:
         return {}
     return {"layer_types": kinds, "sliding_window": window}
+
+
+def _mla_and_moe(text: Dict[str, Any], model_type: str) -> Dict[str, Any]:
+    """The MLA and larger-MoE fields, as vLLM's deepseek_v2.py / qwen2_moe.py / qwen3_moe.py read them."""
+    found: Dict[str, Any] = {}
+    if text.get("kv_lora_rank"):
+        found.update(
+            kv_lora_rank=int(text["kv_lora_rank"]),
+            q_lora_rank=int(text["q_lora_rank"]) if text.get("q_lora_rank") else None,
+            qk_nope_head_dim=int(text.get("qk_nope_head_dim") or 0),
+            qk_rope_head_dim=int(text.get("qk_rope_head_dim") or 0),
+            v_head_dim=int(text.get("v_head_dim") or 0),
+        )
+    if text.get("n_shared_experts") and text.get("moe_intermediate_size"):
+        found["shared_expert_intermediate_size"] = int(text["n_shared_experts"]) * int(text["moe_intermediate_size"])
+    elif text.get("shared_expert_intermediate_size"):
+        found["shared_expert_intermediate_size"] = int(text["shared_expert_intermediate_size"])
+    if text.get("n_routed_experts") or text.get("num_experts"):
+        found["dense_layers"] = int(text.get("first_k_dense_replace") or 0)
+    if model_type.startswith("qwen3"):
+        found["qk_norm"] = True
+    return found
 
 
 _PRESCALED_ROPE = {"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}
