@@ -41,6 +41,14 @@ def tp_violation(shape: ModelShape, tp: int, hf_config: Optional[Mapping[str, An
         return f"num_attention_heads={shape.num_attention_heads} is not divisible by it"
     if not kv_heads_split_evenly(tp, shape.num_key_value_heads):
         return f"num_key_value_heads={shape.num_key_value_heads} can be neither split nor replicated evenly"
+    # The vision encoder is split over the same ranks (mm_encoder_tp_mode "weights", the default):
+    # its attention divides its heads and its MLP its width (vllm/distributed/utils.py, divide(),
+    # in e.g. qwen2_5_vl.py's Qwen2_5_VisionAttention / Qwen2_5_VisionMLP), else vLLM stops with a
+    # bare "X is not divisible by Y".
+    if shape.vision_heads and shape.vision_heads % tp:
+        return f"vision_config num_heads={shape.vision_heads} is not divisible by it"
+    if shape.vision_intermediate_size and shape.vision_intermediate_size % tp:
+        return f"vision_config intermediate_size={shape.vision_intermediate_size} is not divisible by it"
     return next(iter(shard_violations(shape, tp, hf_config)), None)
 
 

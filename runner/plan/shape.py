@@ -6,7 +6,7 @@ config.json) or from the model entry's own numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 # Bytes per element of vLLM's --dtype names ("auto" is taken as the 16-bit default).
 DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "auto": 2}
@@ -51,6 +51,11 @@ class ModelShape:
     shared_expert_intermediate_size: int = 0
     dense_layers: int = 0
     qk_norm: bool = False
+    # A multimodal model's vision encoder (config.json's vision_config): its heads and MLP width,
+    # which vLLM splits over TP like the text model's, and its parameters.
+    vision_heads: int = 0
+    vision_intermediate_size: int = 0
+    vision_parameters: int = 0
 
     @classmethod
     def from_hf_config(cls, cfg: Dict[str, Any]) -> "ModelShape":
@@ -110,6 +115,7 @@ class ModelShape:
             experts_per_token=int(text.get("num_experts_per_tok") or 2),
             **_attention_windows(text, model_type, layers),
             **_mla_and_moe(text, model_type),
+            **_vision(cfg.get("vision_config"), hidden),
         )
 
     def served_dtype_bytes(self, dtype: Optional[str] = "auto") -> int:
@@ -155,7 +161,8 @@ class ModelShape:
         # vllm/model_executor/layers/vocab_parallel_embedding.py pads the vocabulary to 64
         vocab = -(-self.vocab_size // 64) * 64
         embeddings = vocab * h * (1 if self.tie_word_embeddings else 2)
-        return embeddings + self.linear_parameter_count() + layers * (extra + norms) + moe_layers * router + final_norm
+        decoder = self.linear_parameter_count() + layers * (extra + norms) + moe_layers * router + final_norm
+        return embeddings + decoder + self.vision_parameters
 
     def linear_layers(self) -> List[Tuple[str, int, int, int]]:
         """The decoder's linear layers as vLLM names them (its module prefix, the checkpoint's
@@ -245,6 +252,43 @@ def _attention_windows(text: Dict[str, Any], model_type: str, layers: int) -> Di
     if "sliding_attention" not in kinds:
         return {}
     return {"layer_types": kinds, "sliding_window": window}
+
+
+def _vision(vision: Any, text_hidden: int) -> Dict[str, Any]:
+    """A ViT encoder's shape and parameters from vision_config.
+
+    Qwen2.5-VL (vllm/model_executor/models/qwen2_5_vl.py): ``depth`` blocks of two RMSNorms, a
+    fused qkv and proj with biases, a gated MLP (gate/up/down, biases), a Conv3d patch embedding
+    (in_chans x temporal_patch_size x patch_size² x width, no bias) and the merger (RMSNorm,
+    (width x merge²)² and width x merge² -> out_hidden_size, with biases). Other encoders (CLIP,
+    SigLIP, Qwen2-VL's, Mllama's) are counted as a plain ViT: two LayerNorms with biases, q/k/v/o
+    and a 2-matrix MLP with biases, the patch embedding, and a projector to the text width."""
+    if not isinstance(vision, Mapping):
+        return {}
+    width = int(vision.get("hidden_size") or vision.get("embed_dim") or 0)
+    layers = int(vision.get("depth") or vision.get("num_hidden_layers") or 0)
+    heads = int(vision.get("num_heads") or vision.get("num_attention_heads") or 0)
+    if not (width and layers and heads):
+        return {}
+    gated = str(vision.get("model_type") or "") == "qwen2_5_vl" or "fullatt_block_indexes" in vision
+    inter = int(vision.get("intermediate_size") or width * float(vision.get("mlp_ratio") or 4))
+    patch = int(vision.get("patch_size") or 14)
+    chans = int(vision.get("in_chans") or vision.get("in_channels") or vision.get("num_channels") or 3)
+    temporal = int(vision.get("temporal_patch_size") or 1)
+    merge = int(vision.get("spatial_merge_size") or 1)
+    out = int(vision.get("out_hidden_size") or text_hidden)
+    attention = width * 3 * width + 3 * width + width * width + width
+    if gated:
+        mlp, norms = 2 * (width * inter + inter) + inter * width + width, 2 * width
+    else:
+        mlp, norms = width * inter + inter + inter * width + width, 4 * width
+    wide = width * merge * merge
+    merger = width + wide * wide + wide + wide * out + out
+    return {
+        "vision_heads": heads,
+        "vision_intermediate_size": inter,
+        "vision_parameters": layers * (attention + mlp + norms) + chans * temporal * patch * patch * width + merger,
+    }
 
 
 def _mla_and_moe(text: Dict[str, Any], model_type: str) -> Dict[str, Any]:

@@ -133,6 +133,11 @@ MATRIX = [
     row("deepseek-v2-lite", 8, OK, "16 heads / 8; 1408/8 = 176"),
     row("deepseek-v2-lite", 3, "heads", "16 % 3 = 1"),
     row("deepseek-v2-lite", 32, "heads", "16 % 32 = 16"),
+    row("qwen2.5-vl-7b-instruct", 1, OK, "vision: 16 heads, MLP 3420"),
+    row("qwen2.5-vl-7b-instruct", 2, OK, "vision 16/2, 3420/2 = 1710"),
+    row("qwen2.5-vl-7b-instruct", 4, OK, "vision 16/4, 3420/4 = 855"),
+    row("qwen2.5-vl-7b-instruct", 3, "heads", "28 % 3 = 1"),
+    row("qwen2.5-vl-7b-instruct", 8, "heads", "28 % 8 = 4 (and the vision MLP 3420 % 8 = 4)"),
     # Mixtral-8x7B: 32 heads, 8 KV, expert intermediate 14336
     row("mixtral-8x7b-v0.1", 1, OK, ""),
     row("mixtral-8x7b-v0.1", 2, OK, ""),
