@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from runner import logs
-from runner.config.compose_errors import hydra_dir_override, problem_from_compose_error
+from runner.config import validate
+from runner.config.compose_errors import duplicate_override, hydra_dir_override, problem_from_compose_error
 from runner.config.schema import Mode, RunnerConfig
 from runner.launch import slurm
 from runner.launch.pyenv import module_argv, with_runner_path
@@ -170,7 +172,13 @@ def _execute_here(cfg_node: DictConfig, run_dir: Path, process_start: float, swe
     if cfg_node.get("resume") and (previous := _verified_before(Path(run_dir), str(mode))):
         print(f"resume: {run_dir} already holds a verified {mode} run ({previous}); skipped")
         return EXIT_OK
-    run = Progress(compose(cfg_node, Path(run_dir), process_start, sweep))
+    if twice := duplicate_override(sys.argv[1:]):  # Hydra lets the last one win, silently
+        return reject_before_compose(twice, sys.argv[1:], Path(run_dir))
+    try:
+        composed = compose(cfg_node, Path(run_dir), process_start, sweep)
+    except OmegaConfBaseException as exc:  # an interpolation that does not resolve: bad input
+        return reject_before_compose(exc, sys.argv[1:], Path(run_dir))
+    run = Progress(composed)
     logs.log_to_run_dir(run.composed.run_dir / "runner.jsonl")
     try:
         return _execute(run)
@@ -182,6 +190,11 @@ def _execute_here(cfg_node: DictConfig, run_dir: Path, process_start: float, swe
 
 def _execute(run: Progress) -> int:
     c = run.composed
+    # values no later stage should see (NaN, names that break argv, keys the schema lacks)
+    early = validate.unknown_keys(c.node) + validate.config_problems(c.cfg)
+    if early:
+        run.preflight = Preflight(tuple(early))
+        return _reject(run)
     run.probed = probe(c)
     run.plan = plan(c, run.probed)
     run.preflight = preflight(c, run.probed, run.plan)
@@ -668,14 +681,20 @@ def _verified_before(run_dir: Path, mode: str) -> Optional[str]:
     return None
 
 
-def reject_before_compose(exc: BaseException, argv: List[str]) -> int:
+def reject_before_compose(exc: BaseException, argv: List[str], run_dir: Optional[Path] = None) -> int:
     """Bad overrides: Hydra could not even compose a config. Still one line and a manifest."""
-    problem = getattr(exc, "problem", None) or problem_from_compose_error(exc)  # replay= names its own
+    problem = getattr(exc, "problem", None) or problem_from_compose_error(exc, argv)  # replay= names its own
     multirun = any(a in ("-m", "--multirun") for a in argv)
     where = hydra_dir_override(argv, multirun)
     stamp = time.strftime("%Y-%m-%d/%H-%M-%S") + f"-{int(time.time() * 1e6) % 1_000_000:06d}_rejected"
-    run_dir = Path(where) if where else Path("outputs") / stamp
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = run_dir or (Path(where) if where else Path("outputs") / stamp)
+    if (why := validate.run_dir_problem(run_dir)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        print(
+            f"error: hydra.run.dir={run_dir}: cannot be written ({why}); no manifest. Fix: hydra.run.dir=outputs/run",
+            file=sys.stderr,
+        )
+        return EXIT_REJECTED
     mode = next((a.split("=", 1)[1] for a in argv if a.startswith("mode=")), "serve")
     manifest = build_manifest(
         status="rejected",
@@ -696,7 +715,7 @@ def reject_before_compose(exc: BaseException, argv: List[str]) -> int:
 
 # --------------------------------------------------------------------------- mode=plan's text
 def _plan_text(plan: Plan, cfg_hw=None) -> str:
-    env = " ".join(f"{k}={v}" for k, v in redact_env(plan.env).items())
+    env = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in redact_env(plan.env).items())  # pastes into a shell
     lines = [
         f"plan: {plan.model_name} on {plan.device} devices {list(plan.devices)} "
         f"(TP={plan.tensor_parallel_size}, PP={plan.pipeline_parallel_size}, {plan.devices_available} available)",

@@ -9,7 +9,7 @@ import dataclasses
 import difflib
 import re
 import typing
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from runner.config.schema import RunnerConfig
 from runner.problems import Problem
@@ -40,8 +40,47 @@ def _keys_at(path: List[str]) -> List[str]:
     return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
 
 
-def problem_from_compose_error(exc: BaseException) -> Problem:
+def problem_for_unknown_key(key: str, value) -> Problem:
+    """A key the schema lacks (misspelt, or added with ``+``): the closest key it has."""
+    *parent, leaf = key.split(".")
+    known = _keys_at(parent)
+    close = difflib.get_close_matches(leaf, known, n=1, cutoff=0.5)
+    where = ".".join(parent) or "the config"
+    fix = ".".join([*parent, close[0]]) + f"={value}" if close else f"one of {where}'s keys: {', '.join(known)}"
+    return Problem(key, value, f"no such key in {where}", fix)
+
+
+def _grammar_problem(reason: str, near: str, argv: Sequence[str]) -> Optional[Problem]:
+    """Hydra's parser names the text it stumbled on, not the override: find the override."""
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-") or (near and near not in arg):
+            continue
+        key, value = arg.split("=", 1)
+        plain = key.lstrip("+~")
+        if plain in ("serve.extra_args", "hw.env") or plain.startswith(("serve.extra_args.", "hw.env.")):
+            group = "serve.extra_args" if plain.startswith("serve") else "hw.env"
+            return Problem(
+                plain, value, reason, f"+{group}.NAME=VALUE, one override per entry (NAME: letters, digits, _)"
+            )
+        quoted = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return Problem(plain, value, f"{reason}; Hydra reads brackets, commas and quotes as syntax", f"{key}={quoted}")
+    return None
+
+
+def problem_from_compose_error(exc: BaseException, argv: Sequence[str] = ()) -> Problem:
     text = _chain(exc)
+    if m := re.search(
+        r"((?:no viable alternative|mismatched input|extraneous input|token recognition error)"
+        r"[^\n]*?'(.*)')",
+        text,
+    ):
+        found = _grammar_problem(m.group(1), m.group(2)[:20], argv)
+        if found is not None:
+            return found
+
+    if m := re.search(r"Multiple values for (\S+)", text):
+        return Problem(m.group(1), "?", "given twice", f"give {m.group(1)} once")
+
     full_key = (re.search(r"full_key: (\S+)", text) or [None, None])[1]
 
     if m := re.search(r"Could not find '([^'/]+)/([^']+)'", text):
@@ -67,13 +106,21 @@ def problem_from_compose_error(exc: BaseException) -> Problem:
 
     if m := re.search(r"Key '([^']+)' (?:not in|is not in struct)", text):
         key = full_key or m.group(1)
-        *parent, leaf = key.split(".")
-        known = _keys_at(parent)
-        close = difflib.get_close_matches(leaf, known, n=1, cutoff=0.5)
-        where = ".".join(parent) or "the config"
         value = (re.search(rf"{re.escape(key)}=(\S+)", text) or [None, "?"])[1]
-        fix = ".".join([*parent, close[0]]) + f"={value}" if close else f"one of {where}'s keys: {', '.join(known)}"
-        return Problem(key, value, f"no such key in {where}", fix)
+        return problem_for_unknown_key(key, value)
+
+    if m := re.search(
+        r"(Interpolation key '[^']*' not found|Environment variable '[^']*' not found|"
+        r"Unsupported interpolation type \w+|Could not resolve [^\n]*)",
+        text,
+    ):
+        key = full_key or "config"
+        return Problem(
+            key,
+            "${…}",
+            f"the interpolation does not resolve ({m.group(1)})",
+            f"{key}=<a plain value>, or define what it names",
+        )
 
     if m := re.search(r"Invalid value '([^']*)', expected one of \[([^\]]*)\]", text):
         value, choices = m.group(1), [c.strip() for c in m.group(2).split(",")]
@@ -100,4 +147,30 @@ def hydra_dir_override(argv: List[str], multirun: bool) -> Optional[str]:
     for arg in argv:
         if arg.startswith(key):
             return arg[len(key) :]
+    return None
+
+
+class DuplicateOverride(ValueError):
+    def __init__(self, problem: Problem):
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+def duplicate_override(argv: Sequence[str]) -> Optional[DuplicateOverride]:
+    """The same key (or config group) given twice on the command line: Hydra keeps the last."""
+    seen: dict = {}
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key.startswith("hydra.") or key.startswith("hydra/"):
+            continue
+        if key in seen and seen[key] != value:
+            return DuplicateOverride(
+                Problem(
+                    key, f"{seen[key]} and {value}", "given twice (Hydra would keep the last)", f"{key}={value} once"
+                )
+            )
+        seen[key] = value
     return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -39,6 +40,13 @@ MANAGED_FLAGS = {
     "revision": "model.revision",
     "gpu_memory_utilization": "serve.gpu_memory_utilization",
     "trust_remote_code": "serve.trust_remote_code",
+    "max_num_seqs": "serve.max_num_seqs",
+    "max_num_batched_tokens": "serve.max_num_batched_tokens",
+    "kv_cache_dtype": "serve.kv_cache_dtype",
+    "quantization": "serve.quantization",
+    "seed": "serve.seed",
+    "distributed_executor_backend": "serve.distributed_executor_backend",
+    "enforce_eager": "serve.enforce_eager",
 }
 DEFAULT_GPU_MEMORY_UTILIZATION = memory.DEFAULT_GPU_MEMORY_UTILIZATION
 # Memory bandwidth per GPU (GB/s, the makers' figures) for hw=auto, by NVML name: the sweep
@@ -56,6 +64,8 @@ KNOWN_BANDWIDTH_GBPS = {
     "RTX 6000 Ada": 960,
 }
 # Variables that say NVLink multicast is switched off on this machine.
+# One entry of CUDA_VISIBLE_DEVICES as CUDA reads it: an index, or a (prefix of a) GPU or MIG UUID.
+CUDA_DEVICE_TOKEN = re.compile(r"[0-9]+|GPU-[0-9a-fA-F][0-9a-fA-F-]*|MIG-[0-9A-Za-z][0-9A-Za-z/-]*", re.ASCII)
 MULTICAST_OFF_SIGNS = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
 
 
@@ -972,7 +982,8 @@ def _cuda_mask_problems(probe: HardwareProbe) -> Findings:
     """The inherited CUDA_VISIBLE_DEVICES: indices or UUIDs, none twice, all on this machine."""
     mask = probe.inherited_cuda_mask
     tokens = mask.split(",")
-    bad = [t for t in tokens if not (t.strip().isdigit() or t.strip().startswith(("GPU-", "MIG-")))]
+    # ASCII digits only (str.isdigit says yes to '²' and '٠'), and a UUID prefix after GPU-/MIG-
+    bad = [t for t in tokens if not CUDA_DEVICE_TOKEN.fullmatch(t.strip())]
     if bad:
         return Findings(
             (
@@ -998,7 +1009,7 @@ def _cuda_mask_problems(probe: HardwareProbe) -> Findings:
     if not probe.gpus:
         return Findings()
     known = {str(g.index) for g in probe.gpus}
-    missing = [t.strip() for t in tokens if t.strip().isdigit() and t.strip() not in known]
+    missing = [t.strip() for t in tokens if t.strip().isascii() and t.strip().isdigit() and t.strip() not in known]
     missing += [
         t.strip()
         for t in tokens

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -59,8 +60,89 @@ def inspect_model(
 
     Checked before launch because vLLM finds these minutes later, behind a stack trace."""
     hf, problems = _inspect_model(model, cache_dir)
+    if hf is not None:
+        where = model_dir(model, cache_dir)
+        on_disk = bool(where and os.path.isfile(os.path.join(where, "config.json")))
+        shape_problems = config_json_problems(hf, where if on_disk else None)
+        if shape_problems:
+            return None, problems + shape_problems
     remote = hub.remote_code_problem(hf or {}, trust_remote_code, model.path or model.name)
     return hf, problems + ([remote] if remote else [])
+
+
+# config.json's numbers the planner reads: each a positive integer when present (None is "not
+# given" for the optional ones; the required ones must be there under one of their names).
+POSITIVE_INT_KEYS = (
+    *REQUIRED_KEYS,
+    "num_key_value_heads",
+    "intermediate_size",
+    "head_dim",
+    "max_position_embeddings",
+    "num_local_experts",
+    "num_experts",
+    "moe_intermediate_size",
+    "num_experts_per_tok",
+    "n_head",
+    "n_layer",
+    "n_embed",
+    "num_kv_heads",
+    "n_head_kv",
+)
+
+
+def _positive_int(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, float):
+        return value.is_integer() and value > 0
+    return isinstance(value, int) and value > 0
+
+
+def config_json_problems(hf: Any, where: Optional[str]) -> List[Problem]:
+    """The fields of config.json (or of model.hf_config) the planner reads, checked for type and
+    range so a malformed file is one line naming the field, not a stack trace or a plan of
+    negative sizes. where: the directory holding config.json; None for the entry's own numbers."""
+
+    def problem(field: str, value: Any, why: str) -> Problem:
+        if where is None:
+            return Problem(f"model.hf_config.{field}", value, why, f"model.hf_config.{field}=<a valid value>")
+        shown = json.dumps(value)[:60] if not isinstance(value, str) else repr(value)[:60]
+        return Problem("model.path", where, f"config.json: {field}={shown} {why}", "repair or re-download config.json")
+
+    if not isinstance(hf, dict):
+        return [problem("config.json", type(hf).__name__, "is not a JSON object")]
+    found: List[Problem] = []
+    text = hf.get("text_config")
+    if text is not None and not isinstance(text, dict):
+        return [problem("text_config", text, "is not an object")]
+    text = text or hf
+    arch = hf.get("architectures")
+    if arch is not None and not (isinstance(arch, list) and all(isinstance(a, str) for a in arch)):
+        found.append(problem("architectures", arch, "is not a list of class names"))
+    for key in POSITIVE_INT_KEYS:
+        if key not in text:
+            continue
+        value = text[key]
+        if value is None and key not in REQUIRED_KEYS:
+            continue
+        if not _positive_int(value):
+            found.append(problem(key, value, "is not a positive integer"))
+    heads, kv = text.get("num_attention_heads"), text.get("num_key_value_heads")
+    if _positive_int(heads) and _positive_int(kv) and (kv > heads or heads % kv):
+        found.append(problem("num_key_value_heads", kv, f"does not divide num_attention_heads={heads}"))
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = text.get(key, hf.get(key))
+        if rope is None:
+            continue
+        if not isinstance(rope, dict):
+            found.append(problem(key, rope, "is not an object"))
+            continue
+        factor = rope.get("factor")
+        if factor is not None and (
+            isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0
+        ):
+            found.append(problem(f"{key}.factor", factor, "is not a positive number"))
+    return found
 
 
 def _inspect_model(model: ModelConfig, cache_dir: str) -> Tuple[Optional[Dict[str, Any]], List[Problem]]:
@@ -82,6 +164,9 @@ def _inspect_model(model: ModelConfig, cache_dir: str) -> Tuple[Optional[Dict[st
         try:
             with open(config_path) as f:
                 hf = json.load(f)
+            if not isinstance(hf, dict):
+                problems += config_json_problems(hf, where)
+                hf = None
         except (OSError, ValueError) as e:
             problems.append(
                 Problem(
@@ -91,8 +176,10 @@ def _inspect_model(model: ModelConfig, cache_dir: str) -> Tuple[Optional[Dict[st
                     "repair or re-download config.json",
                 )
             )
+        if hf is not None and not isinstance(hf, dict):
+            return hf, problems  # said by config_json_problems, with the type
         if hf is not None:
-            text = hf.get("text_config") or hf
+            text = hf.get("text_config") if isinstance(hf.get("text_config"), dict) else hf
             missing = [k for k in REQUIRED_KEYS if k not in text]
             if missing:
                 problems.append(

@@ -200,3 +200,92 @@ def test_busy_port_is_refused(tmp_path):
         line.startswith("error: serve.port=") and f"serve.port={port + 1}" in line for line in out.stderr.splitlines()
     )
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "rejected"
+
+
+# --------------------------------------------------------------------------- the corpus (bad_input_cases.py)
+# Every case through the real command line (runner.app.main, forked from one warm process:
+# tests/config/cli_batch.py), in mode=plan or mode=doctor: nothing launches.
+from tests.config import cli_batch  # noqa: E402
+from tests.config.bad_input_cases import BASES, DROP  # noqa: E402
+from tests.config.bad_input_cases import CASES as CORPUS  # noqa: E402
+from tests.config.bad_input_cases import LLAMA_CFG as CORPUS_CFG  # noqa: E402
+
+# doctor cases ask a Python without vLLM: the doctor's vLLM import (~30 s) is not what they test
+NO_VLLM_PYTHON = "/usr/bin/python3"
+
+
+def _corpus_model_dir(root: Path, cfg) -> Path:
+    d = root
+    d.mkdir(parents=True, exist_ok=True)
+    if isinstance(cfg, str):
+        text = cfg
+    else:
+        changed = {**CORPUS_CFG, **cfg}
+        text = json.dumps({k: v for k, v in changed.items() if v is not DROP})
+    (d / "config.json").write_text(text)
+    (d / "tokenizer.json").write_text('{"model": {}}')
+    return d
+
+
+def _corpus_job(case, root: Path, i: int):
+    where = root / f"case{i:03d}"
+    overrides = list(BASES[case.base])
+    if not any(o.startswith("mode=") for o in case.overrides):
+        overrides.append(f"mode={case.mode}")
+    if case.base == "local":
+        overrides.append(f"model.path={_corpus_model_dir(where / 'model', case.cfg or {})}")
+    run_dir = where / "run"
+    for o in case.overrides:
+        if o.startswith("RUNDIR="):
+            run_dir = Path(o.split("=", 1)[1]) / f"case{i:03d}"
+        else:
+            overrides.append(o)
+    if not any(o.startswith("cache_dir=") for o in overrides):
+        overrides.append(f"cache_dir={root / 'cache'}")
+    if case.mode == "doctor" and not any(o.startswith("launch.python=") for o in overrides):
+        overrides.append(f"launch.python={NO_VLLM_PYTHON}")
+    return overrides, cli_batch.clean_env(case.env), run_dir
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    return dict(
+        zip(
+            (c.id for c in CORPUS),
+            cli_batch.run_many([_corpus_job(c, root, i) for i, c in enumerate(CORPUS)]),
+            strict=True,
+        )
+    )
+
+
+def _fix_repeats_value(problem) -> bool:
+    import re
+
+    said = f"{problem['key']}={problem['value']}"
+    return said in re.split(r"[\s,;()]+", problem["fix"])
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[c.id for c in CORPUS])
+def test_corpus(corpus, case):
+    out = corpus[case.id]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    if case.key is None:
+        assert out.code == 0, (out.code, out.stderr[-2000:])
+        return
+    assert out.code == 2, (out.code, out.stderr[-2000:])
+    errors = out.errors
+    if case.mode == "doctor":  # the doctor's table says its failing rows on stdout
+        errors += [line for line in out.stdout.splitlines() if line.startswith("FAIL")]
+    assert errors, out.stderr[-2000:]
+    assert any(case.key in line for line in errors), errors
+    if case.value is not None:
+        assert any(case.key in line and case.value in line for line in errors), errors
+    if not case.manifest:
+        return
+    manifest = json.loads((out.run_dir / "manifest.json").read_text())
+    jsonschema.validate(manifest, SCHEMA)
+    assert manifest["status"] == "rejected" and manifest["exit_code"] == 2
+    assert manifest["problems"] and all(p["fix"] for p in manifest["problems"])
+    assert not [p for p in manifest["problems"] if _fix_repeats_value(p)], manifest["problems"]
+    assert not (out.run_dir / "vllm.log").exists()
