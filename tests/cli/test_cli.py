@@ -147,7 +147,7 @@ def test_secret_overrides_redacted_in_plan_and_console(tmp_path):
     for secret in ("wb_keysecret", "hf_envsecret"):
         assert secret not in json.dumps(plan)
         assert secret not in out.stdout and secret not in out.stderr
-    assert "HF_TOKEN=***redacted***" in out.stdout  # the command it prints
+    assert "HF_TOKEN='***redacted***'" in out.stdout  # the command it prints, shell-quoted
 
 
 def test_api_key_in_argv_is_refused_and_not_written(tmp_path):
