@@ -166,7 +166,7 @@ def argv_options(argv: Sequence[str]) -> Dict[str, Any]:
             name, eq, value = arg.partition("=")
             if eq:
                 out[name] = value
-            elif i + 1 < len(argv) and not _is_option(argv[i + 1]):
+            elif i + 1 < len(argv) and not is_option(argv[i + 1]):
                 out[name] = argv[i + 1]
                 i += 1
             else:
@@ -178,7 +178,8 @@ def argv_options(argv: Sequence[str]) -> Dict[str, Any]:
     return out
 
 
-def _is_option(arg: str) -> bool:
+def is_option(arg: str) -> bool:
+    """An argv word that is a flag, not a value (a negative number such as -1 is a value)."""
     if not arg.startswith("-"):
         return False
     try:

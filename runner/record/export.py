@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from runner.plan.secret_flags import MASK
+from runner.record.diff import is_option
 from runner.record.redact import _SECRET_FLAGS, is_secret_name
 
 SECRET_NAME_K8S = "vllm-secrets"  # the Secret the Deployment's secret variables come from
@@ -77,16 +78,6 @@ def _value(text: str) -> Any:
     return text
 
 
-def _is_value(arg: str) -> bool:
-    if not arg.startswith("-"):
-        return True
-    try:
-        float(arg)  # --max-model-len -1
-        return True
-    except ValueError:
-        return False
-
-
 def split_argv(argv: Sequence[str]) -> Tuple[List[str], Dict[str, Any], List[str]]:
     """vLLM's argv → (interpreter and module, options as the config file holds them, the secret
     options left out). A flag with several values becomes a list, a bare flag ``true``."""
@@ -101,7 +92,7 @@ def split_argv(argv: Sequence[str]) -> Tuple[List[str], Dict[str, Any], List[str
         flag, eq, inline = argv[i].partition("=")
         i += 1
         values = [inline] if eq else []
-        while not eq and i < len(argv) and _is_value(argv[i]):
+        while not eq and i < len(argv) and not is_option(argv[i]):
             values.append(argv[i])
             i += 1
         if flag in _SECRET_FLAGS or MASK in values:
