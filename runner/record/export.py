@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from runner.plan.secret_flags import MASK
-from runner.record.diff import is_option
+from runner.record.diff import BadInput, is_option, load_manifest
 from runner.record.redact import _SECRET_FLAGS, is_secret_name
 
 SECRET_NAME_K8S = "vllm-secrets"  # the Secret the Deployment's secret variables come from
@@ -38,22 +38,11 @@ SECRET_NAME_K8S = "vllm-secrets"  # the Secret the Deployment's secret variables
 _POD_HOST = "0.0.0.0"
 
 
-class BadInput(ValueError):
-    """Not a manifest, or not one that can be exported: one line, exit 2."""
-
-
 # --------------------------------------------------------------------------- from the manifest
 def load(path: Path) -> Tuple[Path, Dict[str, Any]]:
     path = Path(path)
     file = path / "manifest.json" if path.is_dir() else path
-    try:
-        manifest = json.loads(file.read_text())
-    except OSError as e:
-        raise BadInput(f"{path}: {e.strerror or e}") from None
-    except ValueError as e:
-        raise BadInput(f"{file}: not JSON ({e})") from None
-    if not isinstance(manifest, dict) or "schema_version" not in manifest:
-        raise BadInput(f"{file}: not a runner manifest (no schema_version)")
+    manifest = load_manifest(path)  # not a file, not JSON, not a manifest: one line (BadInput)
     if manifest.get("status") != "verified":
         raise BadInput(f"{file}: status is {manifest.get('status')}, export takes a verified run's manifest")
     if not (manifest.get("plan") or {}).get("argv"):
