@@ -31,7 +31,7 @@ import fnmatch
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from runner.plan.compat import parse_version
 from runner.plan.shape import ModelShape
@@ -122,9 +122,33 @@ class MemoryFit:
     max_concurrency: float
     fits: bool
     why_not: Optional[str] = None
+    # PP > 1: every stage, and the one whose KV cache is smallest in blocks (vLLM gives every
+    # stage that many: get_kv_cache_configs). The per-GPU figures above are that stage's.
+    pipeline_stages: Tuple["StageFit", ...] = ()
+    tightest_stage: Optional[int] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.tightest_stage is None:  # one stage: the record as it always was
+            del out["pipeline_stages"], out["tightest_stage"]
+        else:
+            out["pipeline_stages"] = [asdict(stage) for stage in self.pipeline_stages]
+        return out
+
+
+@dataclass(frozen=True)
+class StageFit:
+    """One pipeline stage, per GPU of that stage (GiB unless named otherwise)."""
+
+    stage: int
+    layers: Tuple[int, int]  # the decoder layers [start, end) get_pp_indices gives it
+    holds: str  # what it holds besides its layers: the embedding (first), the norm and LM head (last)
+    weights_gib_per_gpu: float
+    activation_peak_gib: float
+    cuda_graph_gib: float
+    kv_cache_gib: float
+    kv_cache_tokens: int  # what this stage alone would hold; vLLM gives every stage the smallest
+    headroom_gib: float
 
 
 # Quantization vLLM applies while loading a 16-bit checkpoint (serve.quantization with no
@@ -239,22 +263,114 @@ def checkpoint_weights_bytes(shape: ModelShape, quant_config: Dict[str, Any], dt
     method = str(quant_config.get("quant_method") or "").lower()
     if method not in QUANT_METHODS:
         return None
-    ignore = list(
+    total = (shape.parameter_count() - shape.linear_parameter_count()) * dtype_bytes
+    for name, k, n, copies in shape.linear_layers():
+        total += copies * _linear_layer_bytes(method, quant_config, name, k, n, dtype_bytes)
+    return int(total)
+
+
+def _ignored(quant_config: Dict[str, Any]) -> List[str]:
+    return list(
         quant_config.get("modules_to_not_convert")
         or quant_config.get("ignored_layers")
         or quant_config.get("ignore")
         or []
     )
-    total = (shape.parameter_count() - shape.linear_parameter_count()) * dtype_bytes
+
+
+def _linear_layer_bytes(
+    method: str, quant_config: Dict[str, Any], name: str, k: int, n: int, dtype_bytes: int
+) -> float:
+    """One copy of one linear layer of a quantized checkpoint: the method's bytes, or the model
+    dtype's where the ignore list names it (or the method leaves it unquantized)."""
+    quantized = None
+    if not _skipped(name, _ignored(quant_config)):
+        if ".experts." in name:
+            quantized = _expert_bytes(method, k, n)
+        if quantized is None and method != "mxfp4":
+            quantized = _quantized_layer_bytes(method, quant_config, k, n, dtype_bytes)
+    return quantized if quantized is not None else k * n * dtype_bytes
+
+
+# ---- pipeline parallel -----------------------------------------------------------------
+# vLLM gives each pipeline stage a contiguous run of decoder layers (vllm/distributed/utils.py,
+# get_pp_indices); the first stage also builds the token embedding, the last the final norm and
+# the LM head (llama.py and the models built like it: embed_tokens on is_first_rank, or on
+# is_last_rank when tie_word_embeddings, so that the LM head ties to a copy of its own; norm and
+# lm_head on is_last_rank, PPMissingLayer elsewhere). The vision encoder is built on every stage.
+
+
+def pp_layer_partition(num_layers: int, pp: int, override: Optional[str] = None) -> Tuple[int, ...]:
+    """The decoder layers of each pipeline stage, as get_pp_indices counts them.
+
+    VLLM_PP_LAYER_PARTITION (override, e.g. "20,20,21,19") when it is set; else num_layers // pp
+    each, and the remainder one layer each to the stages before the last, counting back from it
+    (partitions[-2], partitions[-3], …): 62 layers over 4 stages are 15, 16, 16, 15. Raises
+    ValueError where vLLM does (not integers, not pp of them, not summing to num_layers)."""
+    if override is not None:
+        try:
+            partitions = [int(layer) for layer in override.split(",")]
+        except ValueError as err:
+            raise ValueError(f"Invalid partition string: {override}") from err
+        if len(partitions) != pp:
+            raise ValueError(f"len(partitions)={len(partitions)} does not match pp_size={pp}.")
+        if sum(partitions) != num_layers:
+            raise ValueError(f"sum(partitions)={sum(partitions)} does not match num_hidden_layers={num_layers}.")
+        return tuple(partitions)
+    partitions = [num_layers // pp] * pp
+    for i in range(2, num_layers % pp + 2):
+        partitions[-i] += 1
+    return tuple(partitions)
+
+
+def _layer_weight_bytes(
+    shape: ModelShape, dtype_bytes: int, online: Optional[str], quant_config: Optional[Dict[str, Any]]
+) -> List[float]:
+    """Each decoder layer's weights in bytes: the model dtype, its linear layers at the online
+    quantization's or the checkpoint's quantized bytes where one applies."""
+    per_layer = [float(c * dtype_bytes) for c in shape.layer_parameter_counts()]
+    method = str((quant_config or {}).get("quant_method") or "").lower()
+    online_bytes = ONLINE_WEIGHT_BYTES.get(online or "")
+    if method not in QUANT_METHODS and not online_bytes:
+        return per_layer
     for name, k, n, copies in shape.linear_layers():
-        quantized = None
-        if not _skipped(name, ignore):
-            if ".experts." in name:
-                quantized = _expert_bytes(method, k, n)
-            if quantized is None and method != "mxfp4":
-                quantized = _quantized_layer_bytes(method, quant_config, k, n, dtype_bytes)
-        total += copies * (quantized if quantized is not None else k * n * dtype_bytes)
-    return int(total)
+        if method in QUANT_METHODS:
+            stored = _linear_layer_bytes(method, dict(quant_config or {}), name, k, n, dtype_bytes)
+        else:
+            stored = k * n * online_bytes
+        per_layer[int(name.split(".")[2])] -= copies * (k * n * dtype_bytes - stored)
+    return per_layer
+
+
+def stage_weights_bytes(
+    shape: ModelShape,
+    partition: Sequence[int],
+    weights_bytes_total: float,
+    dtype_bytes: int,
+    online: Optional[str] = None,
+    quant_config: Optional[Dict[str, Any]] = None,
+) -> Tuple[float, ...]:
+    """Each pipeline stage's weights, all its TP ranks together: its layers, the vision encoder,
+    the embedding on the first stage, the final norm and one vocabulary x hidden LM head on the
+    last (tied or not: a tied model's last stage builds its own embed_tokens for the head). The
+    shape gives the shares; they are scaled to weights_bytes_total (the files' exact size when
+    they are on disk), so one stage is the total itself."""
+    if len(partition) == 1:
+        return (float(weights_bytes_total),)
+    per_layer = _layer_weight_bytes(shape, dtype_bytes, online, quant_config)
+    embedding = shape.embedding_parameters() * dtype_bytes
+    norm = shape.final_norm_parameters() * dtype_bytes
+    vision = shape.vision_parameters * dtype_bytes
+    whole = sum(per_layer) + embedding * (1 if shape.tie_word_embeddings else 2) + norm + vision
+    scale = weights_bytes_total / whole if whole else 1.0
+    stages, start = [], 0
+    for i, count in enumerate(partition):
+        held = sum(per_layer[start : start + count]) + vision
+        held += embedding if i == 0 else 0
+        held += norm + embedding if i == len(partition) - 1 else 0
+        stages.append(held * scale)
+        start += count
+    return tuple(stages)
 
 
 def serve_defaults(gpu_total_bytes: int, gpu_name: Optional[str] = None) -> Dict[str, int]:
@@ -278,49 +394,73 @@ class KvPool:
     sliding: bool  # some layers are sliding-window ones
 
 
-def kv_pool(shape: ModelShape, tp: int, pp: int, kv_dtype_bytes: int, max_model_len: int, batched: int) -> KvPool:
-    """vLLM's KV-cache groups for this GPU's layers.
+def kv_pool(
+    shape: ModelShape,
+    tp: int,
+    pp: int,
+    kv_dtype_bytes: int,
+    max_model_len: int,
+    batched: int,
+    stage: Optional[Tuple[int, int]] = None,
+) -> KvPool:
+    """vLLM's KV-cache groups, and what a block costs on the GPUs of one pipeline stage.
 
+    stage: that stage's layers [start, end) (default: the first stage of pp_layer_partition).
     One attention type (every layer full, or every layer the same sliding window): one group of
-    all layers, a block holds BLOCK_SIZE tokens of every layer. Full and sliding-window layers
-    mixed (Gemma-2/3, gpt-oss) with one page size: _get_kv_cache_groups_uniform_page_size splits
-    each type into groups of group_size layers — the smaller type's count, or the larger's when
-    it is under 1.5 times the smaller (padding the short type) — and every group draws block
-    ids from one pool of group_size tensors, so a block costs group_size pages. "GPU KV cache
-    size" (0.26's report) is num_blocks // groups x BLOCK_SIZE; a request takes
-    cdiv(max_model_len, 16) blocks in each full group and, in each sliding group,
-    cdiv(min(window - 1 + max_num_batched_tokens, max_model_len), 16) + 1 (SlidingWindowSpec's
-    max_memory_usage_bytes), which is what get_max_concurrency_for_kv_cache_config divides by."""
-    layers = math.ceil(shape.num_hidden_layers / pp)
+    all layers, a block holds BLOCK_SIZE tokens of every layer of the stage. Full and
+    sliding-window layers mixed (Gemma-2/3, gpt-oss) with one page size:
+    _get_kv_cache_groups_uniform_page_size splits each type of the whole model into groups of
+    group_size layers — the smaller type's count, or the larger's when it is under 1.5 times the
+    smaller (padding the short type) — layers[i::num_groups] to group i, and every group draws
+    block ids from one pool; get_kv_cache_configs projects the groups onto each stage's layers
+    (_project_kv_cache_groups_to_worker) and a block costs the widest projected group's pages
+    (_get_kv_cache_bytes_per_block), group_size of them without PP. "GPU KV cache size" (0.26's
+    report) is num_blocks // groups x BLOCK_SIZE; a request takes cdiv(max_model_len, 16) blocks
+    in each full group and, in each sliding group, cdiv(min(window - 1 + max_num_batched_tokens,
+    max_model_len), 16) + 1 (SlidingWindowSpec's max_memory_usage_bytes), which is what
+    get_max_concurrency_for_kv_cache_config divides by."""
+    layers = shape.num_hidden_layers
+    if stage is None:
+        stage = (0, pp_layer_partition(layers, pp)[0])
+    first, last = stage
     page = shape.kv_bytes_per_token_per_layer(tp, kv_dtype_bytes) * BLOCK_SIZE
     full_blocks = math.ceil(max_model_len / BLOCK_SIZE)
-    kinds = shape.layer_types[:layers] if shape.layer_types else ("full_attention",) * layers
-    sliding = sum(1 for k in kinds if k == "sliding_attention")
-    counts = [c for c in (layers - sliding, sliding) if c]
+    kinds = shape.layer_types or ("full_attention",) * layers
+    by_kind = [[i for i, k in enumerate(kinds) if (k == "sliding_attention") == s] for s in (False, True)]
+    full, sliding = (len(b) for b in by_kind)
     window = shape.sliding_window or 0
     window_blocks = math.ceil(min(window - 1 + batched, max_model_len) / BLOCK_SIZE) + 1
-    if len(counts) == 1:
+    if not (full and sliding):
         per_request = window_blocks if sliding else full_blocks
-        return KvPool(page * layers, 1, per_request, bool(sliding))
-    size = min(counts)
-    if max(counts) < 1.5 * size:
-        size = max(counts)
-    full_groups, sliding_groups = math.ceil((layers - sliding) / size), math.ceil(sliding / size)
-    per_request = full_groups * full_blocks + sliding_groups * window_blocks
-    return KvPool(page * size, full_groups + sliding_groups, per_request, True)
+        return KvPool(page * (last - first), 1, per_request, bool(sliding))
+    size = min(full, sliding)
+    if max(full, sliding) < 1.5 * size:
+        size = max(full, sliding)
+    groups = []
+    for members in by_kind:
+        count = math.ceil(len(members) / size)
+        groups += [members[i::count] for i in range(count)]
+    widest = max(sum(1 for i in group if first <= i < last) for group in groups)
+    per_request = math.ceil(full / size) * full_blocks + math.ceil(sliding / size) * window_blocks
+    return KvPool(page * widest, len(groups), per_request, True)
 
 
-def activation_peak_bytes(shape: ModelShape, tp: int, tokens: int, rows: int, dtype_bytes: int = 2) -> int:
+def activation_peak_bytes(
+    shape: ModelShape, tp: int, tokens: int, rows: int, dtype_bytes: int = 2, sampler_run: bool = True
+) -> int:
+    """The profiling pass's peak; sampler_run False for a pipeline stage before the last, where
+    vLLM's profile_run (gpu_model_runner.py) runs no sampler (only is_last_rank does)."""
     intermediate = shape.intermediate_size
     if shape.num_experts > 1:  # the routed tokens' experts, top-k of them per token
         intermediate = (shape.moe_intermediate_size or shape.intermediate_size) * shape.experts_per_token
     forward = tokens * (FWD_MLP * intermediate / tp + FWD_HIDDEN * shape.hidden_size) * dtype_bytes + FWD_GIB * GIB
     sampler = min(tokens, rows) * shape.vocab_size * SAMPLER_BYTES_PER_LOGIT + SAMPLER_GIB * GIB
-    return int(max(forward, sampler))
+    return int(max(forward, sampler) if sampler_run else forward)
 
 
-def cuda_graph_bytes(shape: ModelShape, tp: int, pp: int, rows: int) -> int:
-    layers = math.ceil(shape.num_hidden_layers / pp)
+def cuda_graph_bytes(shape: ModelShape, tp: int, pp: int, rows: int, layers: Optional[int] = None) -> int:
+    """layers: the pipeline stage's own (default: the whole model over pp, rounded up)."""
+    layers = math.ceil(shape.num_hidden_layers / pp) if layers is None else layers
     return int((GRAPH_GIB + layers * (GRAPH_PER_LAYER + GRAPH_PER_LAYER_TP / tp) * min(rows, 512) / 512) * GIB)
 
 
@@ -334,6 +474,116 @@ def graphs_counted(vllm_version: Optional[str]) -> bool:
 
 def cuda_total_bytes(nvml_total_bytes: int) -> int:
     return int(nvml_total_bytes * (1 - DRIVER_RESERVED_FRACTION))
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """What every pipeline stage's GPUs share: the card, the request, the serve options."""
+
+    tp: int
+    total: int
+    requested: int
+    counted: bool  # the CUDA graphs come out of the KV cache (0.27 on)
+    non_torch: float
+    baseline: float
+    tokens: int  # max_num_batched_tokens
+    rows: int  # max_num_seqs
+    length: int  # max_model_len
+    kv_bytes: int
+    dtype_bytes: int
+    enforce_eager: bool
+
+
+@dataclass(frozen=True)
+class _Stage:
+    index: int
+    layers: Tuple[int, int]
+    weights: float
+    peak: int
+    graphs: int
+    kv_cache: float
+    pool: KvPool
+    blocks: int
+    headroom: float
+    need_free: float
+    max_util: float
+
+    def room(self) -> float:
+        """KV blocks this stage could hold (negative when it has no room): the smallest binds."""
+        return self.kv_cache / self.pool.bytes_per_block if self.pool.bytes_per_block else math.inf
+
+
+def _stage(shape: ModelShape, b: _Budget, index: int, layers: Tuple[int, int], weights: float, last: bool) -> _Stage:
+    """One pipeline stage's GPUs: vLLM's determine_available_memory on each, and its blocks."""
+    peak = activation_peak_bytes(shape, b.tp, b.tokens, b.rows, b.dtype_bytes, sampler_run=last)
+    graphs = 0 if b.enforce_eager else cuda_graph_bytes(shape, b.tp, 1, b.rows, layers[1] - layers[0])
+    kv_cache = b.requested - weights - peak - b.non_torch - (graphs if b.counted else 0)
+    pool = kv_pool(shape, b.tp, 1, b.kv_bytes, b.length, b.tokens, stage=layers)
+    blocks = max(0, int(kv_cache // pool.bytes_per_block)) if pool.bytes_per_block else 2**62
+    # Everything on the GPU once serving: what was there before vLLM's snapshot, what it
+    # requested, and the CUDA graphs where they are not inside the request; the last stage
+    # samples, so it needs room for the float32 logits.
+    need_free = (min(b.tokens, b.rows) * shape.vocab_size * 4 if last else 0) + HEADROOM_GIB * GIB
+    headroom = b.total - b.baseline - b.requested - (0 if b.counted else graphs)
+    max_util = math.floor((b.total - b.baseline - (0 if b.counted else graphs) - need_free) / b.total * 100) / 100
+    return _Stage(index, layers, weights, peak, graphs, kv_cache, pool, blocks, headroom, need_free, max_util)
+
+
+def _where(stage: _Stage, stages: int) -> str:
+    if stages == 1:
+        return ""
+    return f" on pipeline stage {stage.index} (layers {stage.layers[0]}-{stage.layers[1] - 1})"
+
+
+def _why_not(stages: Sequence[_Stage], b: _Budget, kv_tokens: int, blocks: int, gpu_total_bytes: int) -> Optional[str]:
+    """vLLM's refusals, in the order it meets them, naming the stage where there are several."""
+    n = len(stages)
+    heaviest = max(stages, key=lambda st: st.weights)
+    tight = min(stages, key=_Stage.room)
+    worst = min(stages, key=lambda st: st.headroom - st.need_free)
+    per_request = tight.pool.blocks_per_request
+    if heaviest.weights >= b.requested:
+        return (
+            f"weights need {heaviest.weights / GIB:.1f} GiB per GPU{_where(heaviest, n)}, "
+            f"more than the {b.requested / GIB:.1f} GiB vLLM may use"
+        )
+    if tight.kv_cache <= 0:
+        return (
+            f"no memory left for the KV cache{_where(tight, n)} "
+            f"({tight.kv_cache / GIB:.2f} GiB after weights and activations)"
+        )
+    if kv_tokens < b.length and not tight.pool.sliding:
+        return f"the KV cache holds {kv_tokens:,} tokens{_where(tight, n)}, fewer than max_model_len {b.length:,}"
+    if blocks < per_request:
+        return (
+            f"the KV cache holds {blocks:,} blocks{_where(tight, n)}, fewer than the {per_request:,} one request of "
+            f"max_model_len {b.length:,} needs across its full and sliding-window layers"
+        )
+    if worst.headroom < worst.need_free and (worst.headroom < 0 or gpu_total_bytes >= BIG_GPU_BYTES):
+        # Certain when vLLM's own plan exceeds the card; on other cards than the 80 GB class
+        # the constants were measured on, a small margin is only a warning (oom_risk).
+        return (
+            f"out of memory after start-up{_where(worst, n)}: {worst.headroom / GIB:.2f} GiB would stay free, "
+            f"less than the {worst.need_free / GIB:.2f} GiB a full sampling step allocates"
+        )
+    return None
+
+
+def _stage_fit(st: _Stage, last: int, shape: ModelShape) -> StageFit:
+    holds = ", ".join(
+        part for part, here in (("embedding", st.index == 0), ("norm + LM head", st.index == last)) if here
+    )
+    return StageFit(
+        stage=st.index,
+        layers=st.layers,
+        holds=holds,
+        weights_gib_per_gpu=round(st.weights / GIB, 2),
+        activation_peak_gib=round(st.peak / GIB, 2),
+        cuda_graph_gib=round(st.graphs / GIB, 2),
+        kv_cache_gib=round(st.kv_cache / GIB, 2),
+        kv_cache_tokens=min(st.blocks // st.pool.groups * BLOCK_SIZE, 2**62),
+        headroom_gib=round(st.headroom / GIB, 2),
+    )
 
 
 def predict(
@@ -352,75 +602,70 @@ def predict(
     gpu_name: Optional[str] = None,
     vllm_version: Optional[str] = None,
     enforce_eager: bool = False,
+    layer_partition: Optional[Sequence[int]] = None,
+    stage_weights: Optional[Sequence[float]] = None,
 ) -> MemoryFit:
-    """vLLM's KV-cache size for this TP size on GPUs of gpu_total_bytes (NVML's total)."""
+    """vLLM's KV-cache size for this TP size on GPUs of gpu_total_bytes (NVML's total).
+
+    PP > 1: each stage's GPUs are sized on their own (layer_partition: pp_layer_partition's,
+    stage_weights: stage_weights_bytes's, all TP ranks of a stage together), and vLLM's
+    get_kv_cache_configs gives every stage the smallest stage's number of blocks."""
     defaults = serve_defaults(gpu_total_bytes, gpu_name)
     util = gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
-    tokens = max_num_batched_tokens or defaults["max_num_batched_tokens"]
-    rows = max_num_seqs or defaults["max_num_seqs"]
-    length = max_model_len or shape.context_length or shape.max_position_embeddings or 2048
-    kv_bytes = KV_DTYPE_BYTES.get(kv_cache_dtype) or dtype_bytes
-
     total = cuda_total_bytes(gpu_total_bytes)
-    requested = math.ceil(total * util)
-    weights = weights_bytes_total / (tp * pp)
-    peak = activation_peak_bytes(shape, tp, tokens, rows, dtype_bytes)
-    non_torch = NON_TORCH_GIB.get(tp, NON_TORCH_GIB_TP) * GIB
-    graphs = 0 if enforce_eager else cuda_graph_bytes(shape, tp, pp, rows)
-    counted = graphs_counted(vllm_version)
-    kv_cache = requested - weights - peak - non_torch - (graphs if counted else 0)
-    per_token = kv_bytes_per_token(shape, tp, pp, kv_bytes)
-    pool = kv_pool(shape, tp, pp, kv_bytes, length, tokens)
-    blocks = max(0, int(kv_cache // pool.bytes_per_block))
-    kv_tokens = blocks // pool.groups * BLOCK_SIZE
-    per_request_blocks = pool.blocks_per_request
+    partition = tuple(layer_partition or pp_layer_partition(shape.num_hidden_layers, pp))
+    ranks = tp * len(partition)  # NCCL and the like come with a second rank, TP or PP
+    b = _Budget(
+        tp=tp,
+        total=total,
+        requested=math.ceil(total * util),
+        counted=graphs_counted(vllm_version),
+        non_torch=NON_TORCH_GIB.get(ranks, NON_TORCH_GIB_TP) * GIB,
+        baseline=BASELINE_GIB.get(ranks, BASELINE_GIB_TP) * GIB,
+        tokens=max_num_batched_tokens or defaults["max_num_batched_tokens"],
+        rows=max_num_seqs or defaults["max_num_seqs"],
+        length=max_model_len or shape.context_length or shape.max_position_embeddings or 2048,
+        kv_bytes=KV_DTYPE_BYTES.get(kv_cache_dtype) or dtype_bytes,
+        dtype_bytes=dtype_bytes,
+        enforce_eager=enforce_eager,
+    )
+    if stage_weights is None:
+        stage_weights = stage_weights_bytes(shape, partition, weights_bytes_total, dtype_bytes)
+    bounds = [sum(partition[:i]) for i in range(len(partition) + 1)]
+    last = len(partition) - 1
+    stages = [
+        _stage(shape, b, i, (bounds[i], bounds[i + 1]), stage_weights[i] / tp, i == last) for i in range(last + 1)
+    ]
+    # the tightest: a stage whose weights do not fit, else the one with the fewest blocks
+    tight = min(stages, key=lambda st: (st.weights < b.requested, st.room()))
+    blocks = min(st.blocks for st in stages)
+    kv_tokens = blocks // tight.pool.groups * BLOCK_SIZE
+    per_request_blocks = tight.pool.blocks_per_request
     concurrency = blocks / per_request_blocks if per_request_blocks else 0.0
-    # Everything on the GPU once serving: what was there before vLLM's snapshot, what it
-    # requested, and the CUDA graphs where they are not inside the request.
-    baseline = BASELINE_GIB.get(tp, BASELINE_GIB_TP) * GIB
-    need_free = min(tokens, rows) * shape.vocab_size * 4 + HEADROOM_GIB * GIB
-    headroom = total - baseline - requested - (0 if counted else graphs)
-    max_util = math.floor((total - baseline - (0 if counted else graphs) - need_free) / total * 100) / 100
-
-    why = None
-    if weights >= requested:
-        why = f"weights need {weights / GIB:.1f} GiB per GPU, more than the {requested / GIB:.1f} GiB vLLM may use"
-    elif kv_cache <= 0:
-        why = f"no memory left for the KV cache ({kv_cache / GIB:.2f} GiB after weights and activations)"
-    elif kv_tokens < length and not pool.sliding:
-        why = f"the KV cache holds {kv_tokens:,} tokens, fewer than max_model_len {length:,}"
-    elif blocks < per_request_blocks:
-        why = (
-            f"the KV cache holds {blocks:,} blocks, fewer than the {per_request_blocks:,} one request of "
-            f"max_model_len {length:,} needs across its full and sliding-window layers"
-        )
-    elif headroom < need_free and (headroom < 0 or gpu_total_bytes >= BIG_GPU_BYTES):
-        # Certain when vLLM's own plan exceeds the card; on other cards than the 80 GB class
-        # the constants were measured on, a small margin is only a warning (oom_risk).
-        why = (
-            f"out of memory after start-up: {headroom / GIB:.2f} GiB would stay free, "
-            f"less than the {need_free / GIB:.2f} GiB a full sampling step allocates"
-        )
+    why = _why_not(stages, b, kv_tokens, blocks, gpu_total_bytes)
+    headroom = min(st.headroom for st in stages)
     return MemoryFit(
         tensor_parallel_size=tp,
         gpu_total_gib=round(total / GIB, 2),
         gpu_memory_utilization=util,
-        requested_gib=round(requested / GIB, 2),
-        weights_gib_per_gpu=round(weights / GIB, 2),
-        activation_peak_gib=round(peak / GIB, 2),
-        non_torch_gib=round(non_torch / GIB, 2),
-        cuda_graph_gib=round(graphs / GIB, 2),
-        cuda_graphs_counted=counted,
+        requested_gib=round(b.requested / GIB, 2),
+        weights_gib_per_gpu=round(tight.weights / GIB, 2),
+        activation_peak_gib=round(tight.peak / GIB, 2),
+        non_torch_gib=round(b.non_torch / GIB, 2),
+        cuda_graph_gib=round(tight.graphs / GIB, 2),
+        cuda_graphs_counted=b.counted,
         headroom_gib=round(headroom / GIB, 2),
-        max_safe_utilization=max_util,
-        oom_risk=headroom < need_free,
-        kv_cache_gib=round(kv_cache / GIB, 2),
-        kv_bytes_per_token=per_token,
+        max_safe_utilization=min(st.max_util for st in stages),
+        oom_risk=any(st.headroom < st.need_free for st in stages),
+        kv_cache_gib=round(tight.kv_cache / GIB, 2),
+        kv_bytes_per_token=(tight.layers[1] - tight.layers[0]) * shape.kv_bytes_per_token_per_layer(tp, b.kv_bytes),
         kv_cache_tokens=kv_tokens,
-        max_model_len=length,
+        max_model_len=b.length,
         max_concurrency=round(concurrency, 2),
         fits=why is None,
         why_not=why,
+        pipeline_stages=tuple(_stage_fit(st, last, shape) for st in stages) if last else (),
+        tightest_stage=tight.index if last else None,
     )
 
 
@@ -434,12 +679,19 @@ def predict_cpu(
     max_model_len: Optional[int] = None,
     kv_cache_dtype: Optional[str] = None,
     dtype_bytes: int = 2,
+    layer_partition: Optional[Sequence[int]] = None,
+    stage_weights: Optional[Sequence[float]] = None,
 ) -> MemoryFit:
     """vLLM-CPU gives each rank exactly VLLM_CPU_KVCACHE_SPACE GiB of KV cache
-    (vllm/platforms/cpu.py: kv_cache_memory_bytes = space x GiB); no profiling is involved."""
+    (vllm/platforms/cpu.py: kv_cache_memory_bytes = space x GiB); no profiling is involved.
+    With PP > 1 the stage with the most layers holds the fewest blocks, and every stage gets that."""
     length = max_model_len or shape.context_length or shape.max_position_embeddings or 2048
     kv_bytes = KV_DTYPE_BYTES.get(kv_cache_dtype) or dtype_bytes
-    per_token = kv_bytes_per_token(shape, tp, pp, kv_bytes)
+    partition = tuple(layer_partition or pp_layer_partition(shape.num_hidden_layers, pp))
+    if stage_weights is None:
+        stage_weights = stage_weights_bytes(shape, partition, weights_bytes_total, dtype_bytes)
+    tight = partition.index(max(partition))
+    per_token = partition[tight] * shape.kv_bytes_per_token_per_layer(tp, kv_bytes)
     kv_cache = kv_space_gib * GIB
     blocks = int(kv_cache // (per_token * BLOCK_SIZE))
     tokens = blocks * BLOCK_SIZE
@@ -453,7 +705,7 @@ def predict_cpu(
         gpu_total_gib=0.0,
         gpu_memory_utilization=0.0,
         requested_gib=float(kv_space_gib),
-        weights_gib_per_gpu=round(weights_bytes_total / (tp * pp) / GIB, 2),
+        weights_gib_per_gpu=round(stage_weights[tight] / tp / GIB, 2),
         activation_peak_gib=0.0,
         non_torch_gib=0.0,
         cuda_graph_gib=0.0,
@@ -468,6 +720,7 @@ def predict_cpu(
         max_concurrency=round(blocks / math.ceil(length / BLOCK_SIZE), 2),
         fits=why is None,
         why_not=why,
+        tightest_stage=tight if len(partition) > 1 else None,
     )
 
 

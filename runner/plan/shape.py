@@ -136,7 +136,39 @@ class ModelShape:
         LayerNorm weight + bias, tied embeddings. Qwen3: q/k RMSNorms of head_dim. DeepSeek-V2/V3:
         MLA's kv_a (and q_a) RMSNorms; MoE: the router (hidden x experts) and Qwen2-MoE's shared-expert
         gate. The Llama count is exactly the tensors the runner writes for its generated model."""
-        h, layers, head_dim = self.hidden_size, self.num_hidden_layers, self.head_dim
+        layer_extra, router, final_norm = self._non_linear_parameters()
+        layers = self.num_hidden_layers
+        moe_layers = layers - self.dense_layers if self.num_experts > 1 else 0
+        embeddings = self.embedding_parameters() * (1 if self.tie_word_embeddings else 2)
+        decoder = self.linear_parameter_count() + layers * layer_extra + moe_layers * router + final_norm
+        return embeddings + decoder + self.vision_parameters
+
+    def embedding_parameters(self) -> int:
+        """One vocabulary x hidden matrix (the token embedding, or an untied LM head), the
+        vocabulary padded to 64 as vllm/model_executor/layers/vocab_parallel_embedding.py pads it."""
+        vocab = -(-self.vocab_size // 64) * 64
+        return vocab * self.hidden_size
+
+    def final_norm_parameters(self) -> int:
+        """The norm after the last decoder layer (the last pipeline stage holds it)."""
+        return self._non_linear_parameters()[2]
+
+    def layer_parameter_counts(self) -> Tuple[int, ...]:
+        """Each decoder layer's weights: its linear layers, norms, biases and MoE router. With the
+        embeddings, the LM head, the final norm and the vision encoder they sum to
+        :meth:`parameter_count`; a pipeline stage holds the layers get_pp_indices gives it."""
+        layer_extra, router, _ = self._non_linear_parameters()
+        moe = self.num_experts > 1
+        counts = [
+            layer_extra + (router if moe and i >= self.dense_layers else 0) for i in range(self.num_hidden_layers)
+        ]
+        for name, k, n, copies in self.linear_layers():
+            counts[int(name.split(".")[2])] += k * n * copies
+        return tuple(counts)
+
+    def _non_linear_parameters(self) -> Tuple[int, int, int]:
+        """(per decoder layer outside its linear layers, the MoE router of an MoE layer, the final norm)."""
+        h, head_dim = self.hidden_size, self.head_dim
         arch = self.architecture
         falcon = arch in ("FalconForCausalLM", "RWForCausalLM")
         extra = 0  # per layer, outside the linear layers
@@ -156,13 +188,8 @@ class ModelShape:
             norms, final_norm = 4 * h, h
         else:
             norms, final_norm = 2 * h, h
-        moe_layers = layers - self.dense_layers if self.num_experts > 1 else 0
         router = h * self.num_experts + (h if self.shared_expert_intermediate_size and arch.startswith("Qwen2") else 0)
-        # vllm/model_executor/layers/vocab_parallel_embedding.py pads the vocabulary to 64
-        vocab = -(-self.vocab_size // 64) * 64
-        embeddings = vocab * h * (1 if self.tie_word_embeddings else 2)
-        decoder = self.linear_parameter_count() + layers * (extra + norms) + moe_layers * router + final_norm
-        return embeddings + decoder + self.vision_parameters
+        return extra + norms, router, final_norm
 
     def linear_layers(self) -> List[Tuple[str, int, int, int]]:
         """The decoder's linear layers as vLLM names them (its module prefix, the checkpoint's
