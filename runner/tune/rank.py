@@ -253,3 +253,66 @@ def predicted_point(
         interconnect=_interconnect(manifest),
     )
     return prediction.to_dict()["points"][0] if prediction.predicted else None
+
+
+# --------------------------------------------------------------------------- measured twins and ties
+CAP_KEY = "serve.max_num_seqs"
+# Measured bests closer than this are one result: two servers that are the same below the load they
+# were measured at (fp8 llama3-8b with max_num_seqs 64 and 256 on one H200, both best at c=60) measured
+# 9,937 and 9,871 tok/s/GPU, 0.7 % apart. The earlier launched (the better predicted) is named.
+TIE_BAND = 0.02
+
+
+def _running_cap(record: Mapping[str, Any]) -> Optional[int]:
+    cap = record.get("max_running")
+    return int(cap) if isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap > 0 else None
+
+
+def twin_prune_reason(waiting: Mapping[str, Any], measured: Sequence[Mapping[str, Any]]) -> Optional[str]:
+    """Why a waiting candidate cannot beat a measured one it differs from only in ``serve.max_num_seqs``
+    (the cap on running sequences), or None. Below both caps the two servers are the same server. With a
+    lower cap the waiting one only queues what the measured one ran, so it can do no better. With a
+    higher cap it can do better only above the measured one's cap — and not where the measured one
+    already missed the SLO at a load it ran whole (``lowest_failing`` ≤ its cap): the waiting one would
+    run that load the same way. A measurement, not a prediction: it holds without card facts."""
+    values = dict(waiting.get("values") or {})
+    cap_b = _running_cap(waiting)
+    if CAP_KEY not in values or cap_b is None:
+        return None
+    for twin in measured:
+        other = dict(twin.get("values") or {})
+        if twin.get("state") != "measured" or not twin.get("measured") or other.keys() != values.keys():
+            continue
+        if any(other[k] != values[k] for k in values if k != CAP_KEY) or other[CAP_KEY] == values[CAP_KEY]:
+            continue
+        cap_a = _running_cap(twin)
+        failing = (twin.get("search") or {}).get("lowest_failing")
+        if cap_a is None:
+            continue
+        best = twin["measured"]
+        head = (
+            f"pruned: as measured {twin['label']} ({best['tokens_per_s_per_gpu']:.1f} tok/s/GPU at c={best['load']:g})"
+        )
+        if cap_b <= cap_a:
+            return f"{head} up to {cap_b} running sequences, and past them it only queues"
+        if failing is not None and failing <= cap_a:
+            return (
+                f"{head}: that server missed the SLO at c={failing:g} with every client running, "
+                f"as {CAP_KEY}={values[CAP_KEY]} would run them"
+            )
+    return None
+
+
+def winner(ordered: Sequence[Mapping[str, Any]]) -> Tuple[Optional[str], List[str]]:
+    """(the named winner, the other measured candidates tied with it). ``ordered`` is the launch order;
+    among the measured bests within :data:`TIE_BAND` of the highest, the earliest launched is named."""
+    scored = [
+        (float(r["measured"]["tokens_per_s_per_gpu"] or 0.0), r["id"])
+        for r in ordered
+        if r.get("state") == "measured" and r.get("measured")
+    ]
+    if not scored:
+        return None, []
+    top = max(s for s, _ in scored)
+    tied = [cid for s, cid in scored if s >= top * (1 - TIE_BAND)]
+    return tied[0], tied[1:]

@@ -85,6 +85,15 @@ def render_md(result: Mapping[str, Any]) -> str:
     title = f"# Tune: {choices.get('model', 'the model')} on {choices.get('hw', 'this machine')}"
     w = result["workload"]
     lines = [title, "", f"**{answer(result)}**", ""]
+    tied = [c for c in result["candidates"] if c["id"] in (result.get("tied_with_winner") or [])]
+    if tied:
+        band = float(result.get("tie_band") or 0.0)
+        others = ", ".join(f"`{c['label']}` ({_num(c['measured']['tokens_per_s_per_gpu'])})" for c in tied)
+        lines += [
+            f"Measured within {band:.0%} of it, a tie within the benchmark's noise: {others}. The one launched "
+            "first (the better predicted, or the earlier in the space) is named.",
+            "",
+        ]
     if result.get("winner"):
         lines += [
             f"Recipe: `{RECIPE_NAME}` — copy it to `recipes/{recipe_name(result)}.yaml` and run "

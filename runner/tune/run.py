@@ -308,8 +308,10 @@ def tune_candidates(ctx: Context, candidates: Sequence[space.Candidate], tune: M
             continue
         best = _measured_best(records.values())
         why = (
-            rank.prune_reason(forecasts.get(cid), best[0] if best else None, err) if predicting and ctx.prune else None
+            rank.twin_prune_reason(record, list(records.values())) if ctx.prune and ctx.load == "concurrency" else None
         )
+        if why is None and predicting and ctx.prune:
+            why = rank.prune_reason(forecasts.get(cid), best[0] if best else None, err)
         if why:
             record.update(state="pruned", reason=why)
             ctx.say(cid, "pruned", reason=why)
@@ -644,7 +646,7 @@ def summary(
     predicting: bool,
     tune: Mapping[str, Any],
 ) -> Dict[str, Any]:
-    best = _measured_best(list(records.values()))
+    named, tied = rank.winner([records[cid] for cid in order])
     no_prediction = next((r["forecast"]["reason"] for r in records.values() if r.get("forecast")), None)
     ordered = [records[cid] for cid in order]
     return {
@@ -670,7 +672,9 @@ def summary(
         "no_prediction_reason": None if predicting else no_prediction,
         "order": list(order),
         "candidates": ordered,
-        "winner": best[1] if best else None,
+        "winner": named,
+        "tied_with_winner": tied,
+        "tie_band": rank.TIE_BAND,
         "launches": sum(1 for r in ordered if r.get("state") in FINISHED and not r.get("resumed")),
         "resumed": sum(1 for r in ordered if r.get("resumed")),
         "gpu_s": round(sum(float(r.get("gpu_s") or r.get("launch_s") or 0.0) for r in ordered), 1),

@@ -11,6 +11,7 @@ import shutil
 import pytest
 import yaml
 
+from runner.tune import rank
 from tests.e2e_util import free_port, processes_mentioning, run_runner
 
 pytestmark = pytest.mark.e2e
@@ -59,7 +60,9 @@ def test_tune_names_a_winner_whose_recipe_plans_and_resumes(tmp_path):
         assert f"--max-num-seqs {cap}" in " ".join(serve["plan"]["argv"])
     winner = found[next(k for k, c in found.items() if c["id"] == result["winner"])]
     best = max(c["measured"]["tokens_per_s_per_gpu"] for c in found.values())
-    assert winner["measured"]["tokens_per_s_per_gpu"] == best
+    # the best measured, or the first launched within the tie band of it
+    assert winner["measured"]["tokens_per_s_per_gpu"] >= best * (1 - rank.TIE_BAND)
+    assert result["winner"] == rank.winner([found[2], found[4]])[0]
 
     md = (run_dir / "tune.md").read_text()
     assert f"**Serve {winner['label']}: " in md and "no card facts for a CPU" in md

@@ -252,3 +252,47 @@ def test_with_pruning_off_every_planned_candidate_is_measured(tmp_path, monkeypa
     run.tune_candidates(context(tmp_path, prune=False), candidates([4, 1]), TUNE)
     assert seams.launched == ["serve.tensor_parallel_size-1", "serve.tensor_parallel_size-4"]
     assert "Pruning off" in (tmp_path / "tune.md").read_text()
+
+
+def test_a_twin_that_differs_only_in_max_num_seqs_is_pruned_on_the_measurement(tmp_path, monkeypatch):
+    # the first launched (max_num_seqs 64) misses the SLO at c=64 with all 64 running: 256 would run c=64
+    # alike. The prediction alone could not prune it (equal forecasts), and no calibration is involved.
+    launched = []
+
+    def plan(ctx, cid, overrides):
+        seqs = int(next(o.split("=")[1] for o in overrides if o.startswith("serve.max_num_seqs=")))
+        target = ctx.run_dir / "candidates" / cid / "plan" / "manifest.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(FIXTURES / "plan-llama3-8b-h100-tp1.json", target)
+        return {"state": "planned", "tensor_parallel_size": 1, "pipeline_parallel_size": 1, "max_running": seqs}
+
+    def launch(ctx, cid, record, forecast):
+        launched.append(cid)
+        probe = {"load": 60, "meets": True, "why": "meets the SLO", "figures": {"output_throughput": 9000.0}}
+        miss = {"load": 64, "meets": False, "why": "p99 TTFT 538.1 ms > 500 ms", "figures": {}}
+        return {
+            "state": "measured",
+            "measured": {
+                "load": 60,
+                "concurrency": 60,
+                "tokens_per_s_per_gpu": 9000.0,
+                "p99_ttft_ms": 155.0,
+                "p99_tpot_ms": 5.2,
+                "median_tpot_ms": 5.0,
+            },
+            "search": {"load": "concurrency", "lowest_failing": 64, "probes": [miss, probe]},
+            "launch_s": 60.0,
+            "bench_s": 30.0,
+            "gpu_s": 90.0,
+            "gpus": 1,
+        }
+
+    monkeypatch.setattr(run, "plan_candidate", plan)
+    monkeypatch.setattr(run, "launch_and_measure", launch)
+    code = run.tune_candidates(context(tmp_path), space.expand({"serve.max_num_seqs": [64, 256]}), TUNE)
+    assert code == run.EXIT_OK and launched == ["serve.max_num_seqs-64"]
+    result = json.loads((tmp_path / "tune.json").read_text())
+    twin = next(c for c in result["candidates"] if c["id"] == "serve.max_num_seqs-256")
+    assert twin["state"] == "pruned" and "missed the SLO at c=64 with every client running" in twin["reason"]
+    assert result["winner"] == "serve.max_num_seqs-64" and result["tied_with_winner"] == []
+    assert "missed the SLO at c=64" in (tmp_path / "tune.md").read_text()

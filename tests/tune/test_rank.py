@@ -109,3 +109,55 @@ def test_predicted_point_at_a_measured_concurrency():
     cpu = copy.deepcopy(manifest(1))
     cpu["plan"]["device"] = "cpu"
     assert rank.predicted_point(cpu, WORKLOAD, 24) is None
+
+
+def _record(cid, seqs, cap, state="measured", per_gpu=1000.0, load=60, failing=64, quant="fp8"):
+    rec = {
+        "id": cid,
+        "label": cid,
+        "values": {"serve.quantization": quant, "serve.max_num_seqs": seqs},
+        "max_running": cap,
+        "state": state,
+    }
+    if state == "measured":
+        rec["measured"] = {"tokens_per_s_per_gpu": per_gpu, "load": load}
+        rec["search"] = {"lowest_failing": failing, "capped_at": None}
+    return rec
+
+
+def test_a_higher_cap_is_pruned_where_its_twin_missed_the_slo_running_every_client():
+    # fp8/64 missed at c=64 with all 64 running (H200, 2026-12-02): fp8/256 would run c=64 the same way
+    measured = _record("a", 64, 64, failing=64)
+    why = rank.twin_prune_reason(_record("b", 256, 256, state="pending"), [measured])
+    assert why.startswith("pruned: as measured a (1000.0 tok/s/GPU at c=60)") and "c=64" in why
+
+
+def test_a_higher_cap_is_launched_when_its_twin_was_held_by_its_own_cap():
+    capped = _record("a", 64, 64, failing=None)  # met the SLO at its cap: more running might do better
+    assert rank.twin_prune_reason(_record("b", 256, 256, state="pending"), [capped]) is None
+    beyond = _record("a", 64, 64, failing=80)  # a failing load past the cap was queueing, not running
+    assert rank.twin_prune_reason(_record("b", 256, 256, state="pending"), [beyond]) is None
+
+
+def test_a_lower_cap_only_queues_what_its_twin_ran():
+    big = _record("a", 256, 256, failing=None, load=200)
+    why = rank.twin_prune_reason(_record("b", 64, 64, state="pending"), [big])
+    assert why and "up to 64 running sequences" in why
+
+
+def test_no_twin_when_another_value_differs_or_nothing_was_measured():
+    other_quant = _record("a", 64, 64, quant=None)
+    assert rank.twin_prune_reason(_record("b", 256, 256, state="pending"), [other_quant]) is None
+    pruned = _record("a", 64, 64, state="pruned")
+    assert rank.twin_prune_reason(_record("b", 256, 256, state="pending"), [pruned]) is None
+    no_cap_key = {"id": "b", "values": {"serve.quantization": "fp8"}, "max_running": 64, "state": "pending"}
+    assert rank.twin_prune_reason(no_cap_key, [_record("a", 64, 64)]) is None
+
+
+def test_the_winner_is_the_first_launched_within_the_tie_band():
+    first = _record("first", 64, 64, per_gpu=9871.0)
+    second = _record("second", 256, 256, per_gpu=9937.0)  # 0.7 % more: the same result
+    assert rank.winner([first, second]) == ("first", ["second"])
+    clear = _record("second", 256, 256, per_gpu=9871.0 * 1.05)
+    assert rank.winner([first, clear]) == ("second", [])
+    assert rank.winner([_record("p", 64, 64, state="pruned")]) == (None, [])
