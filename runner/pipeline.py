@@ -31,7 +31,7 @@ from runner.config.schema import Mode, RunnerConfig
 from runner.launch import slurm
 from runner.launch.pyenv import module_argv, with_runner_path
 from runner.launch.spec import LaunchSpec
-from runner.plan import cluster
+from runner.plan import cluster, memory
 from runner.plan.build import Plan, make_plan
 from runner.plan.rules import valid_tp_sizes
 from runner.plan.shape import ModelShape
@@ -739,11 +739,15 @@ def _plan_text(plan: Plan, cfg_hw=None) -> str:
         )
     elif plan.estimate:
         lines.append("estimate: " + ", ".join(f"{k}={v}" for k, v in plan.estimate.items()))
+    if fit and plan.device != "cpu":
+        lines += memory.describe_stages(fit)
     rows = plan.estimate.get("fit_table", [])
     if rows:
         lines.append("  TP  weights/GPU  KV cache/GPU      KV tokens  concurrency  verdict")
     for row in rows:
         verdict = "fits" if row["fits"] else ("invalid: " if not row["valid"] else "") + str(row["why_not"])
+        if row.get("tightest_stage") is not None:
+            verdict += f" (tightest: PP stage {row['tightest_stage']})"
         mark = "*" if row["tensor_parallel_size"] == plan.tensor_parallel_size else " "
         lines.append(
             f"{mark} {row['tensor_parallel_size']:<3} {row['weights_gib_per_gpu']:>8.2f} GiB  "

@@ -175,6 +175,7 @@ def _fit_table(shape: ModelShape, hf_config: Optional[Mapping[str, Any]], predic
                 "max_concurrency": fit.max_concurrency,
                 "fits": why is None and fit.fits,
             }
+            | ({"tightest_stage": fit.tightest_stage} if fit.tightest_stage is not None else {})
         )
     return rows
 
@@ -201,28 +202,39 @@ def _predictor(
     online: Optional[str],
     gpu_bytes: int,
     gpu_name: Optional[str],
-    pp: int,
+    sizes: _Sizes,
     serve,
     util: Optional[float],
     max_model_len: Optional[int],
     vllm_version: Optional[str],
+    quant_config: Optional[Mapping[str, Any]] = None,
 ):
+    pp, partition = sizes.pp, sizes.layer_partition
+    dtype_bytes = shape.served_dtype_bytes(serve.dtype)
+
     def predict(tp: int, quantization: Optional[str] = online, **change: Any) -> memory.MemoryFit:
         """One TP size's fit; quantization: the online quantization to size the weights for."""
+        weights = weights_for(quantization)
+        stages: Dict[str, Any] = {}
+        if partition:
+            qc = dict(quant_config) if isinstance(quant_config, Mapping) else None
+            split = memory.stage_weights_bytes(shape, partition, weights, dtype_bytes, quantization, qc)
+            stages = dict(layer_partition=partition, stage_weights=split)
         args: Dict[str, Any] = dict(
             pp=pp,
+            **stages,
             gpu_memory_utilization=util,
             max_model_len=max_model_len,
             max_num_batched_tokens=serve.max_num_batched_tokens,
             max_num_seqs=serve.max_num_seqs,
             kv_cache_dtype=serve.kv_cache_dtype,
-            dtype_bytes=shape.served_dtype_bytes(serve.dtype),
+            dtype_bytes=dtype_bytes,
             gpu_name=gpu_name,
             vllm_version=vllm_version,
             enforce_eager=serve.enforce_eager,
         )
         args.update(change)
-        return memory.predict(shape, tp, weights_for(quantization), gpu_bytes, **args)
+        return memory.predict(shape, tp, weights, gpu_bytes, **args)
 
     return predict
 
@@ -577,6 +589,7 @@ class _Sizes:
     available: int  # the devices, counted over every node when there is a cluster
     fits_devices: Tuple[int, ...]  # the TP sizes the model allows on available // pp devices
     cluster: Optional[cluster.ClusterPlan]  # past one machine: Ray, TP inside a node, PP across nodes
+    layer_partition: Tuple[int, ...] = ()  # PP > 1: each stage's decoder layers (memory.pp_layer_partition)
 
     @property
     def world(self) -> int:
@@ -641,8 +654,31 @@ def _parallel_sizes(
         too_many_stages = rules.pp_violation(shape, pp)
         if too_many_stages:
             problems.append(too_many_stages)
-    sizes = _Sizes(tp, pp, available, tuple(fits_devices), cluster_plan)
-    return sizes, Findings(tuple(problems), tuple(notes))
+    partition, step = _layer_partition(cfg, shape, pp, inherited_env)
+    sizes = _Sizes(tp, pp, available, tuple(fits_devices), cluster_plan, partition)
+    return sizes, Findings(tuple(problems), tuple(notes)) + step
+
+
+def _layer_partition(
+    cfg: RunnerConfig, shape: Optional[ModelShape], pp: int, inherited_env: Mapping[str, str]
+) -> Tuple[Tuple[int, ...], Findings]:
+    """The decoder layers of each pipeline stage, as vLLM's get_pp_indices will split them
+    (VLLM_PP_LAYER_PARTITION from the environment vLLM inherits or hw.env, else its even split)."""
+    if shape is None or pp <= 1 or pp > shape.num_hidden_layers:
+        return (), Findings()
+    env = {**inherited_env, **{str(k): str(v) for k, v in cfg.hw.env.items()}}
+    override = env.get("VLLM_PP_LAYER_PARTITION")
+    try:
+        return memory.pp_layer_partition(shape.num_hidden_layers, pp, override), Findings()
+    except ValueError as err:
+        even = memory.pp_layer_partition(shape.num_hidden_layers, pp)
+        problem = Problem(
+            "VLLM_PP_LAYER_PARTITION",
+            override,
+            f"vLLM would refuse it: {err}",
+            f"unset it, or {pp} layer counts summing to {shape.num_hidden_layers} (e.g. {','.join(map(str, even))})",
+        )
+        return even, Findings((problem,))
 
 
 # --------------------------------------------------------------------------- memory
@@ -724,11 +760,12 @@ def _memory_fit(
             online,
             gpu_bytes,
             gpu_name,
-            sizes.pp,
+            sizes,
             serve,
             util_ok,
             max_model_len_for(cfg),
             memory_version,
+            quant_config if isinstance(quant_config, Mapping) else None,
         )
         fit = predict(sizes.tp)
         estimate.update(fit=fit.to_dict(), memory_source=memory_source, memory_vllm=memory_version)
@@ -754,6 +791,12 @@ def _memory_fit(
             pp=sizes.pp,
             max_model_len=max_model_len_for(cfg),
             kv_cache_dtype=serve.kv_cache_dtype,
+            layer_partition=sizes.layer_partition or None,
+            stage_weights=memory.stage_weights_bytes(
+                shape, sizes.layer_partition, weights, shape.served_dtype_bytes(serve.dtype), online
+            )
+            if sizes.layer_partition
+            else None,
         )
         estimate.update(
             fit=fit.to_dict(),

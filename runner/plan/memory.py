@@ -734,3 +734,26 @@ def safe_max_model_len(fit: MemoryFit) -> int:
     """A max_model_len to suggest: 5 % under the predicted KV tokens, in whole 256s (0: none)."""
     longest = int(fit.kv_cache_tokens * MAX_MODEL_LEN_MARGIN) // 256 * 256
     return longest if longest >= 256 else 0
+
+
+def describe_stages(fit: Dict[str, Any]) -> List[str]:
+    """mode=plan's lines for a pipeline (a MemoryFit.to_dict() with PP > 1): each stage's layers,
+    weights and KV cache per GPU, and the tightest one, whose blocks every stage gets."""
+    stages = fit.get("pipeline_stages") or []
+    if not stages:
+        return []
+    lines = [
+        f"  {'PP stage':<9}{'layers':<9}{'holds':<16}{'weights/GPU':>12}{'KV cache/GPU':>14}{'KV tokens alone':>17}"
+    ]
+    for st in stages:
+        first, end = st["layers"]
+        mark = "*" if st["stage"] == fit.get("tightest_stage") else " "
+        lines.append(
+            f"{mark} {st['stage']:<9}{f'{first}-{end - 1}':<9}{st['holds'] or '-':<16}"
+            f"{st['weights_gib_per_gpu']:>8.2f} GiB{max(st['kv_cache_gib'], 0):>10.2f} GiB{st['kv_cache_tokens']:>17,}"
+        )
+    lines.append(
+        f"pipeline: the tightest stage is {fit.get('tightest_stage')}; vLLM gives every stage its KV blocks "
+        f"(get_kv_cache_configs): {fit['kv_cache_tokens']:,} tokens; the fit above is that stage's"
+    )
+    return lines
