@@ -99,14 +99,55 @@ _SOURCES = {
 }
 
 
+_NOT_HERE = object()  # the statement does not decide: look further
+_STATEMENT_LINES = 400  # a module-level Literal[...] longer than this is looked for the slow way
+
+
+def _literal_of(node: ast.AST, name: str) -> Any:
+    """``node``'s values when it assigns ``name = X[...]``; None when X[...] has no strings."""
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets) and isinstance(node.value, ast.Subscript):
+            elts = node.value.slice.elts if isinstance(node.value.slice, ast.Tuple) else [node.value.slice]
+            values = tuple(e.value for e in elts if isinstance(e, ast.Constant) and isinstance(e.value, str))
+            return values or None
+    return _NOT_HERE
+
+
+def _top_level_literal(source: str, name: str) -> Any:
+    """The first module-level ``name = X[...]`` statement's values, parsing that statement alone:
+    vLLM's config/model.py is 110 kB, and parsing all of it was most of ``mode=plan``'s checks.
+    A statement inside a triple-quoted string, or one that never parses, leaves it undecided."""
+    assign = re.compile(rf"^(?:[A-Za-z_][\w.]*\s*=\s*)*{re.escape(name)}\s*(?::[^=\n]*)?=(?!=)", re.M)
+    for match in assign.finditer(source):
+        before = source[: match.start()]
+        if before.count('"""') % 2 or before.count("'''") % 2:
+            return _NOT_HERE
+        lines = source[match.start() :].split("\n", _STATEMENT_LINES)[:_STATEMENT_LINES]
+        for end in range(1, len(lines) + 1):
+            try:
+                tree = ast.parse("\n".join(lines[:end]))
+            except SyntaxError:
+                continue
+            found = _literal_of(tree.body[0], name) if tree.body else _NOT_HERE
+            if found is not _NOT_HERE:
+                return found
+            break
+        else:
+            return _NOT_HERE
+    return _NOT_HERE
+
+
 def _literal_in(source: str, name: str) -> Optional[Tuple[str, ...]]:
+    """The values of ``name = Literal[...]`` in a module's source (the first such assignment,
+    module level before nested, as ``ast.walk`` meets them)."""
+    found = _top_level_literal(source, name)
+    if found is not _NOT_HERE:
+        return found
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if any(isinstance(t, ast.Name) and t.id == name for t in targets) and isinstance(node.value, ast.Subscript):
-                elts = node.value.slice.elts if isinstance(node.value.slice, ast.Tuple) else [node.value.slice]
-                values = tuple(e.value for e in elts if isinstance(e, ast.Constant) and isinstance(e.value, str))
-                return values or None
+        found = _literal_of(node, name)
+        if found is not _NOT_HERE:
+            return found
     return None
 
 
@@ -310,8 +351,10 @@ def _value_sets(cfg: RunnerConfig) -> List[Problem]:
         ("serve.quantization", cfg.serve.quantization, "QuantizationMethods"),
         ("serve.distributed_executor_backend", cfg.serve.distributed_executor_backend, "DistributedExecutorBackend"),
     ):
+        if value is None:  # unset: vLLM's default, and no source of vLLM's to read
+            continue
         allowed = vllm_value_set(name)
-        if value is not None and value not in allowed:
+        if value not in allowed:
             close = [a for a in allowed if a.lower() == str(value).lower()]
             fix = (
                 f"{key}={close[0]}" if close else f"{key}=" + "|".join(allowed[:8]) + ("|…" if len(allowed) > 8 else "")
