@@ -40,7 +40,22 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from hydra.experimental.callback import Callback
 
-from runner.measure.bench import finite_number, roofline_fraction
+# SweepReport is built by Hydra before every run, a single mode=plan included, and only a
+# sweep's end writes a report: runner.measure.bench (and vLLM's process handling under it) is
+# imported when a report is written, not with this module (benchmarks/startup.py).
+
+
+def finite_number(value: Any) -> Optional[float]:
+    from runner.measure.bench import finite_number as bench_finite_number
+
+    return bench_finite_number(value)
+
+
+def roofline_fraction(*args: Any) -> Optional[float]:
+    from runner.measure.bench import roofline_fraction as bench_roofline_fraction
+
+    return bench_roofline_fraction(*args)
+
 
 COLUMNS = [
     "point",
