@@ -264,3 +264,17 @@ def test_plan_pp1_unchanged_keys(compose):
     plan = _plan(compose, [*LLAMA70B_PP2[:-1], "serve.tensor_parallel_size=4"])
     assert "tightest_stage" not in plan.estimate["fit"]
     assert all("tightest_stage" not in row for row in plan.estimate["fit_table"])
+
+
+def test_hybrid_groups_are_the_whole_models_projected_on_each_stage():
+    # Gemma-2-9B: 42 layers, even ones slide (21 + 21). _get_kv_cache_groups_uniform_page_size on
+    # the whole model: group_size 21 (21 < 1.5 x 21), one full group (layers 1, 3, …, 41) and one
+    # sliding group (0, 2, …, 40). PP 2 gives (21, 21): stage 0 (layers 0-20) holds 10 full and 11
+    # sliding layers, stage 1 (21-41) 11 full and 10 sliding; _get_kv_cache_bytes_per_block takes
+    # the widest projected group, 11 pages of 16 x 8 KV heads x 256 x 2 x 2 B = 131,072 B.
+    shape = ModelShape.from_hf_config(_cfg("gemma-2-9b"))
+    for stage in ((0, 21), (21, 42)):
+        pool = memory.kv_pool(shape, 1, 2, 2, 8192, 8192, stage=stage)
+        assert (pool.bytes_per_block, pool.groups) == (11 * 131_072, 2)
+    # one stage: group_size pages, as before
+    assert memory.kv_pool(shape, 1, 1, 2, 8192, 8192).bytes_per_block == 21 * 131_072
