@@ -2,9 +2,10 @@
 
 Nothing here generates load: :func:`bench_argv` builds the command line of vLLM's benchmark
 client, :func:`run_bench` runs it in a session of its own (so a timeout or Ctrl-C takes the
-whole process group down) and reads back the result JSON that vLLM saves, and
-:func:`roofline_fraction` puts the measured decode throughput next to the memory-bandwidth
-bound.
+whole process group down) and reads back the result JSON that vLLM saves; :class:`BenchSession`
+does the same for several runs through one client process (runner/measure/bench_worker.py),
+so vLLM's import is paid once per server, not once per run; and :func:`roofline_fraction`
+puts the measured decode throughput next to the memory-bandwidth bound.
 
 How the client is started
 -------------------------
@@ -23,12 +24,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import select
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from runner.launch.process import file_tail, group_members, killpg
 from runner.launch.pyenv import module_argv, with_runner_path
@@ -308,6 +312,30 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(line.rsplit("\r", 1)[-1] for line in file_tail(path, lines, 32 * 1024).splitlines())
 
 
+def _clear_result(argv: Sequence[str]) -> Path:
+    """The result path of argv, its folder made and an earlier file there removed."""
+    target = result_path(argv)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.unlink()
+    except FileNotFoundError:
+        pass
+    return target
+
+
+def _figures(argv: Sequence[str], target: Path, log_path: Path, wall_s: float, code: int) -> Dict[str, Any]:
+    """read_result's figures of a client that exited 0, with wall_s and log."""
+    if not target.exists():
+        raise BenchError(f"vllm bench serve exited 0 but wrote no {target}", _tail(log_path), code)
+    figures = read_result(target)
+    if figures["concurrency"] is None:
+        c = _flag(argv, "--max-concurrency")
+        figures["concurrency"] = int(c) if c else None
+    figures["wall_s"] = wall_s
+    figures["log"] = str(log_path)
+    return figures
+
+
 def run_bench(argv: Sequence[str], env: Mapping[str, str], timeout_s: float, log_path: Path) -> Dict[str, Any]:
     """Run a :func:`bench_argv` command and return :func:`read_result`'s figures of it, plus
     ``wall_s`` (the client's own wall time) and ``log`` (the path of its output).
@@ -317,14 +345,10 @@ def run_bench(argv: Sequence[str], env: Mapping[str, str], timeout_s: float, log
     group gets SIGTERM, then SIGKILL, and nothing of it is left running; the interrupt is
     re-raised. A timeout, a non-zero exit or a missing result raises :class:`BenchError` (its
     ``log_tail`` holds the client's last lines). An earlier file at the result path is removed
-    first, so a stale result is never read back."""
+    first, so a stale result is never read back. Several runs against one server:
+    :class:`BenchSession` (one client process, vLLM imported once)."""
     argv = [str(a) for a in argv]
-    target = result_path(argv)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        target.unlink()
-    except FileNotFoundError:
-        pass
+    target = _clear_result(argv)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -351,15 +375,220 @@ def run_bench(argv: Sequence[str], env: Mapping[str, str], timeout_s: float, log
     wall_s = round(time.time() - t0, 3)
     if code != 0:
         raise BenchError(f"vllm bench serve exited with code {code}", _tail(log_path), code)
-    if not target.exists():
-        raise BenchError(f"vllm bench serve exited 0 but wrote no {target}", _tail(log_path), code)
-    figures = read_result(target)
-    if figures["concurrency"] is None:
-        c = _flag(argv, "--max-concurrency")
-        figures["concurrency"] = int(c) if c else None
-    figures["wall_s"] = wall_s
-    figures["log"] = str(log_path)
-    return figures
+    return _figures(argv, target, log_path, wall_s, code)
+
+
+# --------------------------------------------------------------------------- session
+# The client that stays up across runs (runner/measure/bench_worker.py, its protocol there).
+WORKER_MODULE = "runner.measure.bench_worker"
+
+
+def split_bench_argv(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """(the CLI prefix, the arguments after ``bench serve``) of a :func:`bench_argv` command."""
+    argv = [str(a) for a in argv]
+    for i in range(len(argv) - 1):
+        if argv[i] == "bench" and argv[i + 1] == "serve":
+            if i == 0:
+                raise ValueError("argv has no interpreter before 'bench serve' (see bench_argv)")
+            return argv[:i], argv[i + 2 :]
+    raise ValueError("argv is not a 'bench serve' command (see bench_argv)")
+
+
+class _Timeout(Exception):
+    pass
+
+
+@dataclass
+class _Worker:
+    proc: subprocess.Popen
+    status_fd: int
+    key: Tuple[Any, ...]
+    jobs: int = 0
+    buffer: bytes = b""
+
+
+class BenchSession:
+    """Several :func:`run_bench` runs through one ``vllm bench serve`` client process.
+
+    ``with BenchSession() as s: s.run(argv, env, timeout_s, log_path)`` takes the argv
+    :func:`bench_argv` builds and returns what :func:`run_bench` returns, raising
+    :class:`BenchError` on the same conditions (a timeout, a failed run, no result file; an
+    earlier result file is removed first). The client (``python -m
+    runner.measure.bench_worker``, run by the argv's interpreter with the runner on PYTHONPATH)
+    imports vLLM once, at the first run, and then runs one benchmark per job: the same
+    ``vllm.benchmarks.serve`` parser and ``main()`` as ``vllm bench serve``.
+
+    The worker starts lazily, in a session of its own, with the env of that run, its stdout and
+    stderr appended to that run's ``log_path``; a later run with another interpreter, env or
+    log starts a new one. ``wall_s`` is each run's own time, from handing the job over to its
+    completion; the first run's also holds the worker's start-up (vLLM's import, seconds).
+    Past ``timeout_s``, on KeyboardInterrupt, and after any failed run, the worker's whole
+    process group gets SIGTERM, then SIGKILL, and nothing of it is left running (the interrupt
+    is re-raised); the next run starts a fresh worker. :meth:`close` (the ``with`` block's end)
+    closes the worker's stdin, waits for it to exit, and ends its group if it does not.
+
+    ``worker_module``: the module that speaks the worker's protocol (tests use a stand-in)."""
+
+    def __init__(self, worker_module: str = WORKER_MODULE, close_timeout_s: float = 30.0):
+        self.worker_module = worker_module
+        self.close_timeout_s = close_timeout_s
+        self._worker: Optional[_Worker] = None
+        self.startup_s: Optional[float] = None  # the current worker's import time, as it reported it
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The live worker's pid (its process group's id), None when there is none."""
+        return self._worker.proc.pid if self._worker else None
+
+    def __enter__(self) -> "BenchSession":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _start(self, python: str, env: Mapping[str, str], log_path: Path, key: Tuple[Any, ...]) -> _Worker:
+        read_fd, write_fd = os.pipe()
+        argv = module_argv(python, self.worker_module, "--status-fd", str(write_fd))
+        try:
+            with open(log_path, "ab", buffering=0) as log:
+                log.write(f"# bench session: $ {' '.join(argv)}\n".encode())
+                proc = subprocess.Popen(
+                    argv,
+                    env=with_runner_path(env),
+                    stdin=subprocess.PIPE,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(write_fd,),
+                    start_new_session=True,
+                )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self.startup_s = None
+        return _Worker(proc, read_fd, key)
+
+    def _message(self, worker: _Worker, deadline: float) -> Optional[Dict[str, Any]]:
+        """The worker's next status line; None when its status channel closed (it is gone)."""
+        while b"\n" not in worker.buffer:
+            left = deadline - time.time()
+            if left <= 0:
+                raise _Timeout()
+            ready, _, _ = select.select([worker.status_fd], [], [], left)
+            if ready:
+                chunk = os.read(worker.status_fd, 65536)
+                if not chunk:
+                    return None
+                worker.buffer += chunk
+        line, worker.buffer = worker.buffer.split(b"\n", 1)
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        return message if isinstance(message, dict) else {"job": None, "code": 1, "error": f"bad status {line!r}"}
+
+    def _job(self, worker: _Worker, args: List[str], deadline: float) -> Tuple[Optional[int], Optional[str]]:
+        """Hand one job over and wait for its status: (code, error); code None: the worker died."""
+        try:
+            worker.proc.stdin.write((json.dumps(args) + "\n").encode())
+            worker.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it died: its status channel says so
+        worker.jobs += 1
+        while True:
+            message = self._message(worker, deadline)
+            if message is None:
+                return None, None
+            if message.get("ready"):
+                self.startup_s = message.get("import_s")
+            elif "job" in message:
+                return int(message.get("code") or 0), message.get("error")
+
+    def run(self, argv: Sequence[str], env: Mapping[str, str], timeout_s: float, log_path: Path) -> Dict[str, Any]:
+        """One benchmark, as :func:`run_bench` runs it (see the class)."""
+        argv = [str(a) for a in argv]
+        prefix, args = split_bench_argv(argv)
+        target = _clear_result(argv)
+        log_path = Path(log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        key = (prefix[0], tuple(sorted(dict(env).items())), str(log_path.resolve()))
+        if self._worker is not None and (self._worker.key != key or self._worker.proc.poll() is not None):
+            self.close()
+        t0 = time.time()
+        try:
+            if self._worker is None:
+                self._worker = self._start(prefix[0], env, log_path, key)
+            worker = self._worker
+            with open(log_path, "ab", buffering=0) as log:
+                log.write(
+                    f"$ {' '.join(argv)}  # bench session pid {worker.proc.pid}, run {worker.jobs + 1}\n".encode()
+                )
+            code, error = self._job(worker, args, t0 + timeout_s)
+        except _Timeout:
+            self._end()
+            raise BenchError(
+                f"vllm bench serve gave no result in {timeout_s:g} s; stopped it", _tail(log_path), None
+            ) from None
+        except BaseException:  # KeyboardInterrupt (Ctrl-C / SIGTERM): stop the client, re-raise
+            self._end()
+            raise
+        wall_s = round(time.time() - t0, 3)
+        if code is None:
+            self._end()
+            code = worker.proc.returncode
+            raise BenchError(f"vllm bench serve (session worker) exited with code {code}", _tail(log_path), code)
+        if code != 0:
+            self._end()
+            raise BenchError(f"vllm bench serve failed with code {code}: {error}", _tail(log_path), code)
+        try:
+            return _figures(argv, target, log_path, wall_s, code)
+        except BenchError:
+            self._end()
+            raise
+
+    def _end(self) -> None:
+        """End the worker's whole group now (SIGTERM, then SIGKILL)."""
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        try:
+            _end_group(worker.proc)
+        finally:
+            self._release(worker)
+
+    @staticmethod
+    def _release(worker: _Worker) -> None:
+        for stream in (worker.proc.stdin,):
+            try:
+                stream.close()
+            except (BrokenPipeError, OSError):
+                pass
+        try:
+            os.close(worker.status_fd)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """End the worker: EOF on its stdin, wait for its exit, then end its group if needed."""
+        worker = self._worker
+        if worker is None:
+            return
+        try:
+            try:
+                worker.proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            try:
+                worker.proc.wait(timeout=self.close_timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        finally:  # also on KeyboardInterrupt while waiting
+            if worker.proc.poll() is None or group_members(worker.proc.pid):
+                self._end()
+            else:
+                self._worker = None
+                self._release(worker)
 
 
 # --------------------------------------------------------------------------- roofline

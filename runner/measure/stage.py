@@ -1,6 +1,7 @@
 """mode=bench's stage: vLLM's own `vllm bench serve` against this server, once per concurrency
 (runner/measure/bench.py). The result files stay in the run dir; the key figures become the
-manifest's ``bench`` section. A benchmark that fails fails the run, after the others ran."""
+manifest's ``bench`` section. A benchmark that fails fails the run, after the others ran. The
+concurrencies of a sweep share one client process (bench.BenchSession): vLLM is imported once."""
 
 from __future__ import annotations
 
@@ -44,6 +45,54 @@ class BenchRecord:
         return failed
 
 
+def _one(
+    session: bench.BenchSession,
+    cfg: BenchConfig,
+    spec: LaunchSpec,
+    model_path: Optional[str],
+    run_dir: Path,
+    workload: Dict[str, Any],
+    env: Dict[str, str],
+    concurrency: int,
+    results: List[Dict[str, Any]],
+) -> None:
+    """One concurrency's benchmark: its figures (or its error) appended to results."""
+    argv = bench.bench_argv(
+        spec.python,
+        spec.url,
+        spec.model_name,
+        str(model_path),
+        workload,
+        concurrency,
+        run_dir / "bench",
+        f"c{concurrency}.json",
+    )
+    log.info(
+        "bench",
+        concurrency=concurrency,
+        prompts=bench.prompts_for(workload, concurrency),
+        input_len=workload["input_len"],
+        output_len=workload["output_len"],
+    )
+    try:
+        figures = session.run(argv, env, cfg.timeout_s, run_dir / "bench.log")
+    except bench.BenchError as exc:
+        results.append({"concurrency": concurrency, "error": str(exc)})
+        log.error("bench failed", concurrency=concurrency, error=str(exc))
+        return
+    figures["result_file"] = os.path.relpath(figures["result_file"], run_dir)
+    figures.pop("log", None)
+    results.append(figures)
+    log.info(
+        "bench done",
+        concurrency=concurrency,
+        output_tok_s=figures.get("output_throughput"),
+        median_ttft_ms=figures.get("median_ttft_ms"),
+        median_tpot_ms=figures.get("median_tpot_ms"),
+        failed=figures.get("failed"),
+    )
+
+
 def run_benchmarks(
     cfg: BenchConfig, spec: LaunchSpec, model_path: Optional[str], run_dir: Path, api_key: Optional[str]
 ) -> BenchRecord:
@@ -54,39 +103,8 @@ def run_benchmarks(
     if api_key:
         env["OPENAI_API_KEY"] = api_key  # vLLM's bench client sends it as the bearer token
     started = time.time()
-    for concurrency in cfg.concurrencies:
-        argv = bench.bench_argv(
-            spec.python,
-            spec.url,
-            spec.model_name,
-            str(model_path),
-            workload,
-            concurrency,
-            run_dir / "bench",
-            f"c{concurrency}.json",
-        )
-        log.info(
-            "bench",
-            concurrency=concurrency,
-            prompts=bench.prompts_for(workload, concurrency),
-            input_len=workload["input_len"],
-            output_len=workload["output_len"],
-        )
-        try:
-            figures = bench.run_bench(argv, env, cfg.timeout_s, run_dir / "bench.log")
-        except bench.BenchError as exc:
-            results.append({"concurrency": concurrency, "error": str(exc)})
-            log.error("bench failed", concurrency=concurrency, error=str(exc))
-            continue
-        figures["result_file"] = os.path.relpath(figures["result_file"], run_dir)
-        figures.pop("log", None)
-        results.append(figures)
-        log.info(
-            "bench done",
-            concurrency=concurrency,
-            output_tok_s=figures.get("output_throughput"),
-            median_ttft_ms=figures.get("median_ttft_ms"),
-            median_tpot_ms=figures.get("median_tpot_ms"),
-            failed=figures.get("failed"),
-        )
+    # one client process for the whole sweep: vLLM is imported once, not once per concurrency
+    with bench.BenchSession() as session:
+        for concurrency in cfg.concurrencies:
+            _one(session, cfg, spec, model_path, run_dir, workload, env, concurrency, results)
     return BenchRecord(workload, results, round(time.time() - started, 3))

@@ -30,8 +30,14 @@ def _vllm_version(name: str) -> str:
             return vllm.__version__
 
 
-def main() -> None:
+def use_version_fallback() -> None:
+    """Make ``importlib.metadata.version("vllm")`` fall back as :func:`_vllm_version` does
+    (also used by runner/measure/bench_worker.py before it imports vLLM)."""
     _metadata.version = _vllm_version
+
+
+def main() -> None:
+    use_version_fallback()
     sys.argv[0] = "vllm"
     from vllm.entrypoints.cli.main import main as vllm_main
 
