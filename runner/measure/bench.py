@@ -559,11 +559,10 @@ class BenchSession:
 
     @staticmethod
     def _release(worker: _Worker) -> None:
-        for stream in (worker.proc.stdin,):
-            try:
-                stream.close()
-            except (BrokenPipeError, OSError):
-                pass
+        try:
+            worker.proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
         try:
             os.close(worker.status_fd)
         except OSError:
