@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -31,7 +31,7 @@ from runner.config.schema import Mode, RunnerConfig
 from runner.launch import slurm
 from runner.launch.pyenv import module_argv, with_runner_path
 from runner.launch.spec import LaunchSpec
-from runner.plan import cluster, memory
+from runner.plan import cluster, forecast, memory
 from runner.plan.build import Plan, make_plan
 from runner.plan.rules import valid_tp_sizes
 from runner.plan.shape import ModelShape
@@ -116,6 +116,7 @@ class Progress:
         self.bench: Optional[BenchRecord] = None
         self.teardown: Optional[Dict[str, Any]] = None
         self.failure_sections: Dict[str, Any] = {}
+        self.performance: Optional[Dict[str, Any]] = None  # predicted from the plan's records, once
 
     @property
     def server(self):
@@ -342,7 +343,7 @@ def _planned(run: Progress) -> int:
     except OSError as e:
         run.notes.append(f"model files not written ({e}); the first launch writes them")
     _write_manifest(run, "planned", EXIT_OK)
-    print(_plan_text(run.plan, cfg.hw))
+    print(_plan_text(run.plan, cfg.hw, run.performance))
     return EXIT_OK
 
 
@@ -614,6 +615,9 @@ def _write_manifest(run: Progress, status: str, exit_code: int, **ending: Any) -
         )
         if run.reported is not None:
             found["fit_check"] = sections.fit_check(fit, run.reported)
+        if run.performance is None:
+            run.performance = _performance(c.cfg, {**found, "versions": versions}, run.notes)
+        found["performance"] = run.performance
     if run.collective is not None:
         found["collective"] = run.collective.record
     if run.completion is not None:
@@ -627,6 +631,8 @@ def _write_manifest(run: Progress, status: str, exit_code: int, **ending: Any) -
         found["reference_teardown"] = run.equivalence.reference_teardown
     if run.bench is not None:
         found["bench"] = run.bench.section()
+        if run.performance and run.performance.get("predicted"):
+            found["bench"]["predicted"] = forecast.against_measured(run.performance, run.bench.results)
     found.update(
         vllm_reported=run.reported,
         nccl_transport=run.nccl_transport,
@@ -654,6 +660,23 @@ def _write_manifest(run: Progress, status: str, exit_code: int, **ending: Any) -
         **found,
     )
     return manifest.write(c.run_dir)
+
+
+def _performance(cfg, records: Mapping[str, Any], notes: List[str]) -> Dict[str, Any]:
+    """Predicted TTFT / TPOT / tokens/s at the bench group's workload (runner/plan/forecast.py), with
+    the calibration file tune.calibration names (stated defaults without one)."""
+    data = None
+    if cfg.tune.calibration:
+        from runner.measure.calibrate import read_calibration  # numpy: only when a file is named
+
+        try:
+            data = read_calibration(cfg.tune.calibration)
+        except (OSError, ValueError) as e:
+            notes.append(f"tune.calibration={cfg.tune.calibration}: not read ({e}); predictions use stated defaults")
+        if data is None and not any(n.startswith("tune.calibration=") for n in notes):
+            notes.append(f"tune.calibration={cfg.tune.calibration}: no such file; predictions use stated defaults")
+    workload = (cfg.bench.input_len, cfg.bench.output_len)
+    return forecast.performance_section(records, workload, list(cfg.bench.concurrencies or [1]), data)
 
 
 def _timings(run: Progress) -> Timings:
@@ -714,7 +737,27 @@ def reject_before_compose(exc: BaseException, argv: List[str], run_dir: Optional
 
 
 # --------------------------------------------------------------------------- mode=plan's text
-def _plan_text(plan: Plan, cfg_hw=None) -> str:
+def _performance_text(perf: Optional[Mapping[str, Any]]) -> List[str]:
+    if not perf:
+        return []
+    w = perf["workload"]
+    if not perf.get("predicted"):
+        return [f"performance at {w['input_len']} in / {w['output_len']} out: not predicted ({perf.get('reason')})"]
+    lines = [
+        f"performance at {w['input_len']} in / {w['output_len']} out, {perf['card']} "
+        f"({perf['calibration']}), each fitting TP size at the most sequences it runs:",
+        "  TP  running  limited by     TTFT ms  p99 TTFT  TPOT ms   output tok/s  tok/s/GPU",
+    ]
+    for r in perf.get("table") or []:
+        lines.append(
+            f"  {r['tensor_parallel_size']:<3} {r['running']:>7}  {str(r.get('limited_by') or '-'):<12} "
+            f"{r['ttft_ms']:>9,.1f} {r['ttft_p99_ms']:>9,.1f} {r['tpot_ms']:>8.2f} "
+            f"{r['output_tokens_per_s']:>14,.1f} {r['output_tokens_per_s_per_gpu']:>10,.1f}"
+        )
+    return lines
+
+
+def _plan_text(plan: Plan, cfg_hw=None, performance: Optional[Mapping[str, Any]] = None) -> str:
     env = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in redact_env(plan.env).items())  # pastes into a shell
     lines = [
         f"plan: {plan.model_name} on {plan.device} devices {list(plan.devices)} "
@@ -754,6 +797,7 @@ def _plan_text(plan: Plan, cfg_hw=None) -> str:
             f"{max(row['kv_cache_gib'], 0):>8.2f} GiB "
             f"{row['kv_cache_tokens']:>14,}  {row['max_concurrency']:>10.2f}x  {verdict}"
         )
+    lines += _performance_text(performance)
     lines += [f"note: {n}" for n in plan.notes]
     if plan.cluster and plan.cluster.get("uses_ray") and cfg_hw is not None and not cfg_hw.ray_address:
         lines.append(

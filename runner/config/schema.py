@@ -94,6 +94,13 @@ class HwConfig:
     # Each GPU's memory bandwidth in GB/s (decimal), for the sweep report's roofline
     # fraction: H100 SXM 3350, L40S 864. None: the report leaves that column empty.
     memory_bandwidth_gbps: Optional[float] = None
+    # Card facts for the performance prediction (runner/plan/cards.py), over the table's figures for the
+    # GPU NVML names: dense TFLOPS, link bandwidth in GB/s (both directions). A CPU or a card not in the
+    # table is predicted when memory_bandwidth_gbps and peak_bf16_tflops are both set.
+    peak_bf16_tflops: Optional[float] = None
+    peak_fp8_tflops: Optional[float] = None
+    nvlink_gbps: Optional[float] = None
+    pcie_gbps: Optional[float] = None
 
 
 @dataclass

@@ -84,9 +84,19 @@ COLUMNS = [
     "p99_tpot_ms",
     "median_itl_ms",
     "p99_itl_ms",
+    "predicted_output_throughput",
+    "predicted_median_ttft_ms",
+    "predicted_median_tpot_ms",
     "roofline_fraction",
     "run_dir",
 ]
+# the performance model's figures a bench manifest carries (bench.predicted.rows, runner/plan/forecast.py):
+# report column → (its key there, the measured column it is compared with)
+PREDICTED = {
+    "predicted_output_throughput": ("predicted_output_tokens_per_s", "output_throughput"),
+    "predicted_median_ttft_ms": ("predicted_ttft_ms", "median_ttft_ms"),
+    "predicted_median_tpot_ms": ("predicted_tpot_ms", "median_tpot_ms"),
+}
 BENCH_FIGURES = [
     "num_prompts",
     "completed",
@@ -242,6 +252,7 @@ def point_rows(manifest: Mapping, point: str, variant: str = "") -> List[Dict[st
         _get(manifest, "plan", "estimate", "memory_bandwidth_gbps")
     )
     gpus = (tp or 0) * pp
+    predicted = {r.get("concurrency"): r for r in (_get(manifest, "bench", "predicted", "rows") or [])}
     rows = []
     for result in results:
         if not isinstance(result, Mapping):
@@ -255,6 +266,8 @@ def point_rows(manifest: Mapping, point: str, variant: str = "") -> List[Dict[st
         for key in BENCH_FIGURES:
             value = result.get(key)
             row[key] = _int(value) if key in ("num_prompts", "completed", "failed") else finite_number(value)
+        for column, (key, _) in PREDICTED.items():
+            row[column] = finite_number((predicted.get(row["concurrency"]) or {}).get(key))
         out = row["output_throughput"]
         if out is not None and gpus:
             row["output_throughput_per_gpu"] = out / gpus
@@ -376,6 +389,9 @@ _MD_COLUMNS = [
     ("p99_ttft_ms", "TTFT p99 ms"),
     ("median_tpot_ms", "TPOT med ms"),
     ("p99_tpot_ms", "TPOT p99 ms"),
+    ("predicted_output_throughput", "pred tok/s"),
+    ("predicted_median_ttft_ms", "pred TTFT med"),
+    ("predicted_median_tpot_ms", "pred TPOT med"),
     ("median_itl_ms", "ITL med ms"),
     ("completed", "done"),
     ("failed", "failed"),
@@ -421,6 +437,25 @@ def _best(rows: Sequence[Mapping[str, Any]]) -> List[str]:
             f"({_md_cell('output_throughput_per_gpu', thriftiest['output_throughput_per_gpu'])} tok/s/GPU)"
         )
     return lines
+
+
+def _prediction_error(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    """The performance model against the measurement: MAPE per figure over the rows with both."""
+    parts = []
+    for column, (_, measured) in PREDICTED.items():
+        pairs = [(r[column], r[measured]) for r in rows if r.get(column) is not None and r.get(measured)]
+        if pairs:
+            mape = 100.0 * sum(abs(p - m) / m for p, m in pairs) / len(pairs)
+            parts.append(f"{measured} {mape:.1f} % over {len(pairs)}")
+    if not parts:
+        return []
+    return [
+        "## Predicted against measured",
+        "",
+        "Mean absolute percentage error of the performance model (runner/plan/forecast.py; the calibration "
+        "each manifest names in bench.predicted): " + "; ".join(parts) + ".",
+        "",
+    ]
 
 
 def _workload(sweep_dir: Path) -> Optional[Dict[str, Any]]:
@@ -485,6 +520,7 @@ def render_markdown(
         "hw.memory_bandwidth_gbps or with PP > 1 (runner/measure/bench.py: roofline_fraction).",
         "",
     ]
+    out += _prediction_error(rows)
     if plots:
         out += ["## Plots", ""] + [f"![{name}]({path.name})" for name, path in plots.items()] + [""]
     if plots_skipped:

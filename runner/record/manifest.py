@@ -162,6 +162,7 @@ class Manifest:
     vllm_reported: Optional[Dict[str, Any]] = None
     nccl_transport: Optional[Dict[str, Any]] = None
     fit_check: Optional[Dict[str, Any]] = None
+    performance: Optional[Dict[str, Any]] = None
     bench: Optional[Dict[str, Any]] = None
     timings: Optional[Timings] = None
     failure: Optional[Failure] = None

@@ -16,12 +16,10 @@ predictions: candidates keep the space's order and nothing is pruned.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from runner.plan import memory
-from runner.plan.cards import CardFacts, card_facts
-from runner.plan.perf import Calibration, PerfPoint, Prediction, Workload, predict_from_fit
+from runner.plan import forecast as forecast_
+from runner.plan.perf import Calibration, PerfPoint, Prediction
 
 UNCALIBRATED_ERROR = 0.25
 ERROR_FLOOR = 0.10
@@ -117,43 +115,9 @@ def forecast(prediction: Prediction, slo: Slo) -> Forecast:
     )
 
 
-def _gpu(manifest: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The probed first device; a profile's declared GPU when the plan was made without one (a
-    rehearsal of a GPU profile on another machine)."""
-    gpus = (manifest.get("hardware") or {}).get("gpus") or []
-    devices = (manifest.get("plan") or {}).get("devices") or [0]
-    if gpus:
-        return next((g for g in gpus if g.get("index") == devices[0]), gpus[0])
-    hw = (manifest.get("config") or {}).get("hw") or {}
-    gib = hw.get("gpu_memory_gib")
-    return {"name": hw.get("gpu_name"), "memory_total_bytes": int(float(gib) * 2**30) if gib else 0}
-
-
-def _interconnect(manifest: Mapping[str, Any]) -> Optional[str]:
-    found = (manifest.get("placement") or {}).get("interconnect")
-    found = found or ((manifest.get("config") or {}).get("hw") or {}).get("interconnect")
-    return found if found in ("nvlink", "pcie") else None
-
-
-def card_of(manifest: Mapping[str, Any]):
-    """The card facts for a plan manifest's first device (NoCardFacts on the CPU or an unknown card)."""
-    config = manifest.get("config") or {}
-    device = (manifest.get("plan") or {}).get("device") or "cuda"
-    return card_facts(_gpu(manifest).get("name"), config.get("hw") or {}, device=device)
-
-
-def serve_settings(manifest: Mapping[str, Any]) -> Dict[str, Any]:
-    """The candidate's serve options with vLLM's defaults filled in where it left them unset."""
-    serve = dict((manifest.get("config") or {}).get("serve") or {})
-    plan = manifest.get("plan") or {}
-    gpu = _gpu(manifest)
-    defaults = memory.serve_defaults(int(gpu.get("memory_total_bytes") or 0), gpu.get("name"))
-    for key in ("max_num_seqs", "max_num_batched_tokens"):
-        if serve.get(key) is None:
-            serve[key] = defaults.get(key)
-    serve["pipeline_parallel_size"] = plan.get("pipeline_parallel_size") or serve.get("pipeline_parallel_size") or 1
-    serve["tensor_parallel_size"] = plan.get("tensor_parallel_size") or serve.get("tensor_parallel_size")
-    return serve
+# the manifest → card / serve settings helpers are the planner's (runner/plan/forecast.py)
+card_of = forecast_.card_of
+serve_settings = forecast_.serve_settings
 
 
 def predict_manifest(
@@ -163,33 +127,12 @@ def predict_manifest(
     calibration_data: Optional[Mapping[str, Any]] = None,
 ) -> Forecast:
     """A planned candidate's manifest (``model``, ``fit``, ``hardware``, ``plan``, ``config``) to its forecast."""
-    card = card_of(manifest)
-    cal = Calibration.from_file_data(calibration_data, card)
-    fit = manifest.get("fit") or {}
-    model = manifest.get("model") or {}
-    if not isinstance(card, CardFacts):
-        return Forecast(False, card.reason, None, None, calibration=cal.source)
-    if not fit or not model.get("hidden_size"):
-        return Forecast(False, "the plan has no memory fit or model shape", None, None, calibration=cal.source)
-    shape = SimpleNamespace(**{**model, "num_experts": model.get("num_experts") or 1})
-    serve = serve_settings(manifest)
-    inp, out = workload
-    versions = manifest.get("versions") or {}
-
-    def run(cs: Sequence[int]) -> Prediction:
-        return predict_from_fit(
-            shape,
-            fit,
-            card,
-            Workload(inp, out, list(cs)),
-            serve=serve,
-            calibration=cal,
-            interconnect=_interconnect(manifest),
-            vllm_version=versions.get("vllm"),
-        )
-
-    first = run([1])
-    return forecast(run(concurrencies(first.max_running)) if first.predicted else first, slo)
+    first = forecast_.predict_from_manifest(manifest, workload, [1], calibration_data)
+    if not first.predicted:
+        return forecast(first, slo)
+    return forecast(
+        forecast_.predict_from_manifest(manifest, workload, concurrencies(first.max_running), calibration_data), slo
+    )
 
 
 def error_margin(calibration_data: Optional[Mapping[str, Any]], card: Any) -> Tuple[float, str]:
@@ -238,20 +181,7 @@ def predicted_point(
     calibration_data: Optional[Mapping[str, Any]] = None,
 ) -> Optional[Dict[str, Any]]:
     """The prediction at one concurrency (the measured best's), for the predicted-vs-measured columns."""
-    card = card_of(manifest)
-    fit, model = manifest.get("fit") or {}, manifest.get("model") or {}
-    if not isinstance(card, CardFacts) or not fit or not model.get("hidden_size"):
-        return None
-    shape = SimpleNamespace(**{**model, "num_experts": model.get("num_experts") or 1})
-    prediction = predict_from_fit(
-        shape,
-        fit,
-        card,
-        Workload(workload[0], workload[1], [int(concurrency)]),
-        serve=serve_settings(manifest),
-        calibration=Calibration.from_file_data(calibration_data, card),
-        interconnect=_interconnect(manifest),
-    )
+    prediction = forecast_.predict_from_manifest(manifest, workload, [int(concurrency)], calibration_data)
     return prediction.to_dict()["points"][0] if prediction.predicted else None
 
 
