@@ -578,7 +578,7 @@ def _measure_served(
         )
         t = time.time()
         try:
-            figures = bench.run_bench(argv_, env, float(workload.get("timeout_s") or 1800), folder / "bench.log")
+            figures = session.run(argv_, env, float(workload.get("timeout_s") or 1800), folder / "bench.log")
         except bench.BenchError as e:
             figures = {"concurrency": concurrency, "error": str(e)}
         bench_s += figures.get("wall_s") or (time.time() - t)
@@ -594,14 +594,16 @@ def _measure_served(
         if ctx.load == "rate":
             point = next((q for q in forecast.points if q["concurrency"] == start), None)
             start = point["requests_per_s"] if point else None
-    search = find_max_load(
-        measure,
-        ctx.slo,
-        load=ctx.load,
-        start=start,
-        upper=cap if ctx.load == "concurrency" else None,
-        on_probe=progress,
-    )
+    # one vLLM bench client for every probe of this server: vLLM is imported once, not per probe
+    with bench.BenchSession() as session:
+        search = find_max_load(
+            measure,
+            ctx.slo,
+            load=ctx.load,
+            start=start,
+            upper=cap if ctx.load == "concurrency" else None,
+            on_probe=progress,
+        )
     best = search.best
     measured = _measured(best, gpus) if best else None
     reason = None if best else f"no load met the SLO: {search.probes[0].why if search.probes else 'no probe'}"
