@@ -166,14 +166,40 @@ class _Shape:
         self.experts_per_token = int(model.get("experts_per_token") or 2)
 
 
+def points_from_tune_candidate(record: Mapping[str, Any], serve_manifest: Mapping[str, Any], source: str = ""):
+    """A mode=tune candidate's probes as bench points: its serve run's manifest (the plan, vLLM's
+    report) with every probe's figures as the bench results — the SLO misses too (they are
+    measurements), not a probe whose benchmark failed."""
+    probes = (record.get("search") or {}).get("probes") or []
+    results = [p["figures"] for p in probes if not (p.get("figures") or {}).get("error")]
+    bench = {"workload": _get(serve_manifest, "config", "bench") or {}, "results": results}
+    return points_from_manifest({**serve_manifest, "bench": bench}, source)
+
+
+def _tune_points(candidate: Path) -> List[BenchPoint]:
+    try:
+        record = json.loads(candidate.read_text())
+        serve = json.loads((candidate.parent / "serve" / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return points_from_tune_candidate(record, serve, str(candidate.parent))
+
+
 def load_points(paths: Iterable[str]) -> List[BenchPoint]:
+    """Every bench point under the paths: bench manifests, and mode=tune candidates (candidate.json)."""
     points: List[BenchPoint] = []
     for path in find_manifests(paths):
+        if path.parent.name == "serve" and (path.parent.parent / "candidate.json").is_file():
+            continue  # a tune candidate's serve run: its probes come with its candidate.json
         try:
             manifest = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
         points.extend(points_from_manifest(manifest, str(path)))
+    for raw in paths:
+        found = [Path(raw)] if Path(raw).name == "candidate.json" else sorted(Path(raw).rglob("candidate.json"))
+        for candidate in found:
+            points.extend(_tune_points(candidate))
     return points
 
 

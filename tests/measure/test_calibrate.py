@@ -165,3 +165,23 @@ def test_points_of_a_card_without_facts_are_skipped_with_the_reason():
     manifest["config"]["hw"].update(memory_bandwidth_gbps=3350, peak_bf16_tflops=989.5)
     data = calibrate.calibrate(calibrate.points_from_manifest(manifest, "future.json"), date="2026-12-02")
     assert list(data["cards"]) == ["NVIDIA Future GPU"] and data["cards"]["NVIDIA Future GPU"]["date"] == "2026-12-02"
+
+
+def test_a_tune_candidates_probes_are_bench_points(tmp_path):
+    """mode=tune's candidates calibrate like bench manifests: every probe (SLO misses too) of the
+    H200 tune's fp8/64 candidate, on its serve run's plan; a probe whose benchmark failed is left out."""
+    root = Path(__file__).resolve().parents[2]
+    tune = json.loads((root / "docs/validation/2026-12-02-h200-tune/tune.json").read_text())
+    record = next(c for c in tune["candidates"] if c["state"] == "measured")
+    record["search"]["probes"].append({"load": 99, "meets": False, "figures": {"error": "gave no result"}})
+    serve = json.loads((root / "tests/tune/fixtures/plan-llama3-8b-h100-tp1.json").read_text())
+    serve.update(status="verified", config={**serve["config"], "bench": {"input_len": 512, "output_len": 128}})
+    folder = tmp_path / "candidates" / record["id"]
+    (folder / "serve").mkdir(parents=True)
+    (folder / "candidate.json").write_text(json.dumps(record))
+    (folder / "serve" / "manifest.json").write_text(json.dumps(serve))
+    points = calibrate.load_points([str(tmp_path)])
+    probes = [p for p in record["search"]["probes"] if "error" not in p["figures"]]
+    assert [p.concurrency for p in points] == [p["load"] for p in probes] == [64, 32, 48, 56, 60]
+    assert points[-1].measured["output_tokens_per_s"] == probes[-1]["figures"]["output_throughput"]
+    assert {(p.input_len, p.output_len) for p in points} == {(512, 128)}

@@ -1,0 +1,79 @@
+"""How well the performance model predicts a tune's measured points from ONE of its configurations.
+
+Reads a mode=tune run dir (the exhaustive grid, ``tune.prune=false``, measures every candidate), takes
+each measured candidate's probes (every concurrency its bisection ran: the SLO misses too), calibrates
+on one candidate and predicts every (candidate, concurrency) of the others. Prints, per calibration
+choice (or the one given), the held-out MAPE of output tokens/s, median TTFT and median TPOT, and the
+uncalibrated model's MAPE over every point.
+
+    .venv/bin/python benchmarks/perf_holdout_tune.py RUN_DIR [--calibrate-on CANDIDATE_ID] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runner.measure import calibrate as cal  # noqa: E402
+from runner.plan.perf import Calibration  # noqa: E402
+
+
+def by_candidate(run_dir: Path):
+    groups = {}
+    for candidate in sorted((run_dir / "candidates").glob("*/candidate.json")):
+        points = cal.load_points([str(candidate)])
+        if points:
+            groups[candidate.parent.name] = points
+    return groups
+
+
+def line(rows) -> str:
+    return "  ".join(f"{m} {cal.mape(rows, m):5.1f} %" for m in cal.METRICS if cal.mape(rows, m) is not None)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", help="a mode=tune run dir (tune.prune=false: every candidate measured)")
+    parser.add_argument("--calibrate-on", help="one candidate id (default: each in turn)")
+    parser.add_argument("--json", help="write the rows and figures here")
+    args = parser.parse_args(argv)
+    groups = by_candidate(Path(args.run_dir))
+    if not groups:
+        print(f"no measured candidate under {args.run_dir}/candidates", file=sys.stderr)
+        return 2
+    every = [p for points in groups.values() for p in points]
+    default_rows = cal.evaluate(every, Calibration())
+    print(f"{len(groups)} measured candidate(s), {len(every)} points")
+    print(f"uncalibrated (stated defaults), every point: {line(default_rows)}")
+    chosen = [args.calibrate_on] if args.calibrate_on else list(groups)
+    figures = {"uncalibrated": {m: cal.mape(default_rows, m) for m in cal.METRICS}, "calibrated_on": {}}
+    for cid in chosen:
+        if cid not in groups:
+            print(f"{cid}: not a measured candidate of {args.run_dir}", file=sys.stderr)
+            return 2
+        calibration = cal.fit(groups[cid])
+        held = [p for other, points in groups.items() if other != cid for p in points]
+        rows = cal.evaluate(held, calibration)
+        constants = {n: round(getattr(calibration, n), 4) for n in Calibration.FITTED}
+        print(f"calibrated on {cid} ({len(groups[cid])} points); held out {len(held)} points: {line(rows)}")
+        print("  constants: " + ", ".join(f"{k} {v}" for k, v in constants.items()))
+        figures["calibrated_on"][cid] = {
+            "constants": constants,
+            "held_out_points": len(held),
+            "mape_pct": {m: cal.mape(rows, m) for m in cal.METRICS},
+            "rows": rows,
+        }
+        if args.calibrate_on:
+            print(cal.summary_rows(held, calibration)[1])
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
