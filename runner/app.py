@@ -17,12 +17,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner import logs
+from runner.config import hydra_startup
 from runner.config.schema import register_configs
 
 # Shipped inside the package, so an installed wheel has its configs. An absolute path: under
 # `python -m` Hydra would otherwise look for a Python package "conf". A team's own directory
 # is added on top with Hydra's --config-dir (docs/team-config.md).
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
+# runner.record.replay.ARG: that module is imported only when the command line replays a run
+REPLAY_ARG = "replay="
 _exit_codes: List[int] = []
 _job_started = False
 
@@ -61,29 +64,7 @@ def _job(cfg: DictConfig) -> None:
         sys.exit(code)
 
 
-def _skip_hydra_mode_probe(argv: List[str]) -> None:
-    """Hydra composes the whole config once only to read ``hydra.mode`` (``Hydra.get_mode``), then
-    again to run: a third of ``mode=plan``'s time. The runner's configs never set ``hydra.mode``,
-    so unless the command line names it, the answer is what ``-m`` says, and the first composition
-    is skipped (``None`` is Hydra's own "not set": ``-m`` then means MULTIRUN, else RUN)."""
-    if any("hydra.mode" in arg for arg in argv):
-        return
-    from hydra._internal.hydra import Hydra
-
-    Hydra.get_mode = lambda self, config_name, overrides: None
-
-
-def main() -> None:
-    logs.configure()
-    register_configs()
-    _skip_hydra_mode_probe(sys.argv[1:])
-    signal.signal(signal.SIGTERM, _sigterm)
-    # Started in the background by a shell, Python inherits SIGINT ignored; kill -INT must
-    # still stop vLLM the way Ctrl-C does.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    # Let Hydra's composition errors reach us as exceptions: they are bad input (exit 2, one
-    # line, a rejected manifest), not crashes.
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+def _expand_replay() -> None:
     from runner.record import replay
 
     try:
@@ -94,6 +75,21 @@ def main() -> None:
         sys.exit(reject_before_compose(exc, sys.argv[1:]))
     for note in notes:
         print(note, file=sys.stderr)
+
+
+def main() -> None:
+    logs.configure()
+    hydra_startup.install(sys.argv[1:])  # before anything is registered or composed
+    register_configs()
+    signal.signal(signal.SIGTERM, _sigterm)
+    # Started in the background by a shell, Python inherits SIGINT ignored; kill -INT must
+    # still stop vLLM the way Ctrl-C does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Let Hydra's composition errors reach us as exceptions: they are bad input (exit 2, one
+    # line, a rejected manifest), not crashes.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    if any(arg.startswith(REPLAY_ARG) for arg in sys.argv[1:]):  # else argv stays as it is
+        _expand_replay()
     try:
         _job()
     except SystemExit:
