@@ -84,7 +84,7 @@ def predict_from_manifest(
     if not isinstance(card, CardFacts):
         return _unpredicted(card.reason, None, cal)
     if not fit or not model.get("hidden_size"):
-        return _unpredicted("the plan has no memory fit or model shape", card.name, cal)
+        return _unpredicted("the plan has no memory fit or model shape", card.key, cal)
     shape = SimpleNamespace(**{**model, "num_experts": model.get("num_experts") or 1})
     return predict_from_fit(
         shape,

@@ -87,3 +87,11 @@ def test_mode_plan_prints_and_records_the_performance_of_each_fitting_tp(tmp_pat
     assert out.returncode == 0, out.stderr
     assert manifest(cpu)["performance"]["predicted"] is False
     assert "not predicted (no card facts" in out.stdout
+
+
+def test_a_gpu_plan_without_a_model_shape_says_so():
+    m = h100_tp1()
+    m["model"] = {}  # e.g. a hub model whose config.json could not be read
+    section = forecast.performance_section(m, (512, 128), [1])
+    assert section["predicted"] is False and section["reason"] == "the plan has no memory fit or model shape"
+    assert section["card"] and section["table"] == []
