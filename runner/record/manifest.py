@@ -11,9 +11,10 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
+
+from runner.probe import versions
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
@@ -44,10 +45,7 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
 
 
 def dist_version(name: str) -> Optional[str]:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
+    return versions.dist_version(name)  # importlib.metadata.version's answer, without importing it
 
 
 def runner_side_versions() -> Dict[str, Optional[str]]:
