@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
@@ -167,7 +168,23 @@ def _nvml_pairs(pynvml, gpus: Sequence[Gpu]) -> Tuple[Dict[Tuple[int, int], str]
     return links, p2p
 
 
+def _nvml_library_loads() -> bool:
+    """Off Windows pynvml's nvmlInit loads ``libnvidia-ml.so.1`` and fails without it: a machine
+    with no NVIDIA driver then need not import pynvml (~200 kB of Python, 5-10 ms of each plan)."""
+    if "pynvml" in sys.modules or sys.platform[:3] == "win":
+        return True
+    import ctypes
+
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    return True
+
+
 def _probe_nvml() -> Optional[dict]:
+    if not _nvml_library_loads():  # nvmlInit would fail: the CPU path
+        return None
     try:
         import pynvml
     except ImportError:

@@ -3,6 +3,11 @@ and CUDA_VISIBLE_DEVICES masks."""
 
 from __future__ import annotations
 
+import ctypes
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from runner.probe.hardware import parse_cuda_mask, parse_nvidia_smi_query
@@ -76,3 +81,21 @@ def test_visible_gpus(mask, expected):
 def test_parse_cuda_mask():
     assert parse_cuda_mask("0, 1,,2 ") == ("0", "1", "2")
     assert parse_cuda_mask("") == ()
+
+
+def test_without_the_nvml_library_pynvml_is_not_imported(tmp_path):
+    # nvmlInit could only fail there: the CPU path, as before, without pynvml's import
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+        pytest.skip("this machine has NVML")
+    except OSError:
+        pass
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.probe.modules_after_plan", str(tmp_path / "run"), "pynvml", "runner"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == "imported: runner"
