@@ -36,6 +36,8 @@ SERVE_KEYS = (
     "max_num_batched_tokens",
     "kv_cache_dtype",
     "max_model_len",
+    "quantization",
+    "enforce_eager",
 )
 
 

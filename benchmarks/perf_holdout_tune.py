@@ -23,10 +23,11 @@ from runner.measure import calibrate as cal  # noqa: E402
 from runner.plan.perf import Calibration  # noqa: E402
 
 
-def by_candidate(run_dir: Path):
+def by_candidate(run_dir: Path, drop_first: bool = False):
+    """candidate id → its points, in probe order (``drop_first``: without each server's first probe)."""
     groups = {}
     for candidate in sorted((run_dir / "candidates").glob("*/candidate.json")):
-        points = cal.load_points([str(candidate)])
+        points = cal.load_points([str(candidate)])[1 if drop_first else 0 :]
         if points:
             groups[candidate.parent.name] = points
     return groups
@@ -40,9 +41,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="a mode=tune run dir (tune.prune=false: every candidate measured)")
     parser.add_argument("--calibrate-on", help="one candidate id (default: each in turn)")
+    parser.add_argument(
+        "--drop-first",
+        action="store_true",
+        help="leave out each server's first probe (run on a cold server before tune.warmup existed)",
+    )
     parser.add_argument("--json", help="write the rows and figures here")
     args = parser.parse_args(argv)
-    groups = by_candidate(Path(args.run_dir))
+    groups = by_candidate(Path(args.run_dir), args.drop_first)
     if not groups:
         print(f"no measured candidate under {args.run_dir}/candidates", file=sys.stderr)
         return 2

@@ -394,13 +394,30 @@ class KvPool:
     sliding: bool  # some layers are sliding-window ones
 
 
+def concurrent_batches(pp: int) -> int:
+    """Batches vLLM keeps in flight (VllmConfig.max_concurrent_batches): two with async scheduling,
+    its default, on one stage; PP of them with PP > 1 (the V1 model runner runs PP without it)."""
+    return 2 if pp <= 1 else pp
+
+
+def reported_tokens(blocks: int, blocks_per_request: int, max_model_len: int) -> int:
+    """The "GPU KV cache size: N tokens" vLLM logs (get_kv_cache_capacity): the concurrency
+    (blocks ÷ one max_model_len request's blocks, over every group) × max_model_len, in the same
+    float arithmetic. With full attention alone it is blocks × BLOCK_SIZE; with sliding windows a
+    request needs fewer blocks than its length, and the figure counts the tokens served, not stored
+    (mistral-7b-v0.1 on an H200: 1,493,310 tokens from 114.02 GiB of 2 MiB blocks)."""
+    if not blocks_per_request:
+        return 0
+    return int(blocks / blocks_per_request * max_model_len)
+
+
 def kv_pool(
     shape: ModelShape,
     tp: int,
     pp: int,
     kv_dtype_bytes: int,
     max_model_len: int,
-    batched: int,
+    batched: int,  # the tokens in flight (max_num_batched_tokens x concurrent_batches)
     stage: Optional[Tuple[int, int]] = None,
 ) -> KvPool:
     """vLLM's KV-cache groups, and what a block costs on the GPUs of one pipeline stage.
@@ -414,11 +431,12 @@ def kv_pool(
     smaller (padding the short type) — layers[i::num_groups] to group i, and every group draws
     block ids from one pool; get_kv_cache_configs projects the groups onto each stage's layers
     (_project_kv_cache_groups_to_worker) and a block costs the widest projected group's pages
-    (_get_kv_cache_bytes_per_block), group_size of them without PP. "GPU KV cache size" (0.26's
-    report) is num_blocks // groups x BLOCK_SIZE; a request takes cdiv(max_model_len, 16) blocks
-    in each full group and, in each sliding group, cdiv(min(window - 1 + max_num_batched_tokens,
-    max_model_len), 16) + 1 (SlidingWindowSpec's max_memory_usage_bytes), which is what
-    get_max_concurrency_for_kv_cache_config divides by."""
+    (_get_kv_cache_bytes_per_block), group_size of them without PP. A request takes
+    cdiv(max_model_len, 16) blocks in each full group and, in each sliding group,
+    cdiv(min(window - 1 + in_flight, max_model_len), 16) + 1 (SlidingWindowSpec's
+    max_memory_usage_bytes; in_flight is max_num_batched_tokens per concurrent batch, see
+    concurrent_batches), which is what get_max_concurrency_for_kv_cache_config divides by; the
+    "GPU KV cache size" vLLM logs is that concurrency x max_model_len (reported_tokens)."""
     layers = shape.num_hidden_layers
     if stage is None:
         stage = (0, pp_layer_partition(layers, pp)[0])
@@ -487,6 +505,7 @@ class _Budget:
     non_torch: float
     baseline: float
     tokens: int  # max_num_batched_tokens
+    in_flight: int  # tokens scheduled but not settled: max_num_batched_tokens per concurrent batch
     rows: int  # max_num_seqs
     length: int  # max_model_len
     kv_bytes: int
@@ -518,7 +537,7 @@ def _stage(shape: ModelShape, b: _Budget, index: int, layers: Tuple[int, int], w
     peak = activation_peak_bytes(shape, b.tp, b.tokens, b.rows, b.dtype_bytes, sampler_run=last)
     graphs = 0 if b.enforce_eager else cuda_graph_bytes(shape, b.tp, 1, b.rows, layers[1] - layers[0])
     kv_cache = b.requested - weights - peak - b.non_torch - (graphs if b.counted else 0)
-    pool = kv_pool(shape, b.tp, 1, b.kv_bytes, b.length, b.tokens, stage=layers)
+    pool = kv_pool(shape, b.tp, 1, b.kv_bytes, b.length, b.in_flight, stage=layers)
     blocks = max(0, int(kv_cache // pool.bytes_per_block)) if pool.bytes_per_block else 2**62
     # Everything on the GPU once serving: what was there before vLLM's snapshot, what it
     # requested, and the CUDA graphs where they are not inside the request; the last stage
@@ -623,6 +642,7 @@ def predict(
         non_torch=NON_TORCH_GIB.get(ranks, NON_TORCH_GIB_TP) * GIB,
         baseline=BASELINE_GIB.get(ranks, BASELINE_GIB_TP) * GIB,
         tokens=max_num_batched_tokens or defaults["max_num_batched_tokens"],
+        in_flight=(max_num_batched_tokens or defaults["max_num_batched_tokens"]) * concurrent_batches(len(partition)),
         rows=max_num_seqs or defaults["max_num_seqs"],
         length=max_model_len or shape.context_length or shape.max_position_embeddings or 2048,
         kv_bytes=KV_DTYPE_BYTES.get(kv_cache_dtype) or dtype_bytes,
@@ -639,9 +659,9 @@ def predict(
     # the tightest: a stage whose weights do not fit, else the one with the fewest blocks
     tight = min(stages, key=lambda st: (st.weights < b.requested, st.room()))
     blocks = min(st.blocks for st in stages)
-    kv_tokens = blocks // tight.pool.groups * BLOCK_SIZE
     per_request_blocks = tight.pool.blocks_per_request
     concurrency = blocks / per_request_blocks if per_request_blocks else 0.0
+    kv_tokens = reported_tokens(blocks, per_request_blocks, b.length)
     why = _why_not(stages, b, kv_tokens, blocks, gpu_total_bytes)
     headroom = min(st.headroom for st in stages)
     return MemoryFit(
