@@ -220,6 +220,9 @@ class TuneConfig:
     max_launches: Optional[int] = None  # None: as many as pruning leaves
     prune: bool = True  # False: measure every candidate that plans (the exhaustive grid, for comparison)
     load: str = "concurrency"  # what the bisection raises: concurrency | rate (requests/s)
+    # One benchmark at the first load before the search, not judged: a server's first batches run cold
+    # (the H200 grid's first probes: bf16 median TTFT 362 ms at c=32, then 150 ms at c=48)
+    warmup: bool = True
 
 
 @dataclass

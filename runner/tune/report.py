@@ -109,6 +109,11 @@ def render_md(result: Mapping[str, Any]) -> str:
         + (f", {result['resumed']} candidate(s) reused from an earlier run" if result["resumed"] else "")
         + f"; this run's wall time {_num(result['elapsed_s'])} s.",
     ]
+    if any(c.get("warmup") for c in result["candidates"]):
+        lines.append(
+            "- Each server's first benchmark, at the search's first load, is a warm-up: recorded, counted in its "
+            "bench seconds, not judged against the SLO (`tune.warmup`)."
+        )
     if result.get("predicting") and result.get("prune") is False:
         lines.append(
             "- Pruning off (`tune.prune=false`): every candidate that planned was measured, best predicted first."

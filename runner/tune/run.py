@@ -62,6 +62,7 @@ class Context:
     ready_timeout_s: float
     api_key_env: Optional[str]
     started: float
+    warmup: bool = True
 
     def elapsed(self) -> float:
         return time.time() - self.started
@@ -129,6 +130,7 @@ def _execute(cfg_node: DictConfig, run_dir: Path, started: float) -> int:
         ready_timeout_s=float(cfg_node.verify.ready_timeout_s),
         api_key_env=cfg_node.serve.api_key_env,
         started=started,
+        warmup=bool(tune.get("warmup", True)),
     )
     candidates = space.expand(tune["space"])
     return tune_candidates(ctx, candidates, tune)
@@ -557,13 +559,13 @@ def _measure_served(
     python = (plan.get("argv") or [sys.executable])[0]
     cap = record.get("max_running")
 
-    def measure(load: float) -> Dict[str, Any]:
+    def measure(load: float, tag: str = "") -> Dict[str, Any]:
         nonlocal bench_s
         workload = dict(ctx.workload)
         if ctx.load == "concurrency":
-            concurrency, name, what = int(load), f"c{int(load)}.json", f"bench c={int(load)}"
+            concurrency, name, what = int(load), f"{tag}c{int(load)}.json", f"{tag}bench c={int(load)}"
         else:  # a request rate: the rate sets the load, the clients are capped at what the server runs
-            concurrency, name, what = int(cap or 1024), f"rate{load:g}.json", f"bench rate={load:g}/s"
+            concurrency, name, what = int(cap or 1024), f"{tag}rate{load:g}.json", f"{tag}bench rate={load:g}/s"
             workload.update(request_rate=load, prompts_per_concurrency=None)
         ctx.say(cid, what, prompts=bench.prompts_for(workload, concurrency))
         argv_ = bench.bench_argv(
@@ -596,6 +598,7 @@ def _measure_served(
             start = point["requests_per_s"] if point else None
     # one vLLM bench client for every probe of this server: vLLM is imported once, not per probe
     with bench.BenchSession() as session:
+        warmup = _warm_up(measure, start, cap) if ctx.warmup else None
         search = find_max_load(
             measure,
             ctx.slo,
@@ -612,12 +615,25 @@ def _measure_served(
         "reason": reason,
         "measured": measured,
         "search": search.to_dict(),
+        "warmup": warmup,
         "serve_command": (manifest.get("command") or []),
         "launch_s": ready_s,
         "bench_s": round(bench_s, 2),
         "gpu_s": round(float(ready_s) + bench_s, 2),
         "gpus": gpus,
     }
+
+
+def _warm_up(measure, start: Optional[float], cap: Optional[int]) -> Dict[str, Any]:
+    """One benchmark at the search's first load, its figures kept but not judged against the SLO: the
+    first batches a fresh server runs are slower than the rest (kernels compiled and tuned on first
+    use), and the first probe would otherwise carry that."""
+    load = start or 1
+    if cap:
+        load = min(load, cap)
+    figures = measure(load, "warmup-")
+    keys = ("concurrency", "output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "wall_s", "error")
+    return {"load": load, **{k: figures.get(k) for k in keys if k in figures}}
 
 
 def _measured(best: Probe, gpus: int) -> Dict[str, Any]:

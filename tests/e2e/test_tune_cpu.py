@@ -50,6 +50,9 @@ def test_tune_names_a_winner_whose_recipe_plans_and_resumes(tmp_path):
         probes = record["search"]["probes"]
         assert [p["load"] for p in probes] == ([1, 2] if cap == 2 else [1, 2, 4])
         assert record["search"]["capped_at"] == cap
+        # the warm-up ran first, at the search's first load, through the same client, and was not a probe
+        assert record["warmup"]["load"] == 1 and record["warmup"]["output_throughput"] > 0
+        assert (run_dir / "candidates" / record["id"] / "bench" / "warmup-c1.json").is_file()
         assert all(p["meets"] and p["figures"]["completed"] == 8 for p in probes)
         assert record["measured"]["tokens_per_s_per_gpu"] > 0 and record["measured"]["p99_tpot_ms"] > 0
         assert record["launch_s"] > 0 and record["bench_s"] > 0

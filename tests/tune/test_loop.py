@@ -296,3 +296,16 @@ def test_a_twin_that_differs_only_in_max_num_seqs_is_pruned_on_the_measurement(t
     assert twin["state"] == "pruned" and "missed the SLO at c=64 with every client running" in twin["reason"]
     assert result["winner"] == "serve.max_num_seqs-64" and result["tied_with_winner"] == []
     assert "missed the SLO at c=64" in (tmp_path / "tune.md").read_text()
+
+
+def test_the_warm_up_runs_once_at_the_first_load_within_the_cap_and_is_not_judged():
+    calls = []
+
+    def measure(load, tag=""):
+        calls.append((load, tag))
+        return {"concurrency": load, "output_throughput": 10.0, "p99_ttft_ms": 9999.0, "wall_s": 1.5}
+
+    warm = run._warm_up(measure, 96, 64)
+    assert calls == [(64, "warmup-")]
+    assert warm == {"load": 64, "concurrency": 64, "output_throughput": 10.0, "p99_ttft_ms": 9999.0, "wall_s": 1.5}
+    assert run._warm_up(measure, None, None)["load"] == 1  # no prediction: the search starts at 1
