@@ -529,6 +529,55 @@ def launch_and_measure(
     return outcome
 
 
+class _Prober:
+    """One served candidate's benchmark runs: ``measure(load)`` runs vLLM's bench at that load through
+    ``session`` (a BenchSession: one client process for every probe of the server) and adds up the
+    bench seconds."""
+
+    def __init__(self, ctx: Context, cid: str, plan: Mapping[str, Any], folder: Path, cap: Optional[int]):
+        self.ctx, self.cid, self.plan, self.folder, self.cap = ctx, cid, plan, folder, cap
+        self.gpus = int(plan.get("tensor_parallel_size") or 1) * int(plan.get("pipeline_parallel_size") or 1)
+        env = {**os.environ, **(plan.get("env") or {})}
+        if ctx.api_key_env and os.environ.get(ctx.api_key_env):
+            env["OPENAI_API_KEY"] = os.environ[ctx.api_key_env]  # vLLM's bench client sends it as the bearer token
+        self.env = env
+        self.python = (plan.get("argv") or [sys.executable])[0]
+        self.bench_s = 0.0
+        self.session = None
+
+    def measure(self, load: float, tag: str = "") -> Dict[str, Any]:
+        from runner.measure import bench
+
+        ctx, workload = self.ctx, dict(self.ctx.workload)
+        if ctx.load == "concurrency":
+            concurrency, name, what = int(load), f"{tag}c{int(load)}.json", f"{tag}bench c={int(load)}"
+        else:  # a request rate: the rate sets the load, the clients are capped at what the server runs
+            concurrency, name, what = int(self.cap or 1024), f"{tag}rate{load:g}.json", f"{tag}bench rate={load:g}/s"
+            workload.update(request_rate=load, prompts_per_concurrency=None)
+        ctx.say(self.cid, what, prompts=bench.prompts_for(workload, concurrency))
+        plan = self.plan
+        argv = bench.bench_argv(
+            self.python,
+            plan["url"],
+            plan["model_name"],
+            plan["model_path"],
+            workload,
+            concurrency,
+            self.folder / "bench",
+            name,
+        )
+        t = time.time()
+        try:
+            figures = self.session.run(
+                argv, self.env, float(workload.get("timeout_s") or 1800), self.folder / "bench.log"
+            )
+        except bench.BenchError as e:
+            figures = {"concurrency": concurrency, "error": str(e)}
+        self.bench_s += figures.get("wall_s") or (time.time() - t)
+        figures["tokens_per_s_per_gpu"] = (figures.get("output_throughput") or 0.0) / self.gpus
+        return figures
+
+
 def _measure_served(
     ctx: Context,
     cid: str,
@@ -542,7 +591,6 @@ def _measure_served(
 
     folder = serve_dir.parent
     timeout_s = ctx.ready_timeout_s + 120
-    bench_s = 0.0
     manifest = _wait_verified(proc, serve_dir, timeout_s)
     if manifest is None or manifest.get("status") != "verified":
         reason = _failure_text(manifest, timeout_s)
@@ -552,40 +600,8 @@ def _measure_served(
     ready_s = timings.get("ready_s") or round(time.time() - t0, 2)
     ctx.say(cid, "ready", ready_s=ready_s)
     plan = manifest.get("plan") or {}
-    gpus = int(plan.get("tensor_parallel_size") or 1) * int(plan.get("pipeline_parallel_size") or 1)
-    env = {**os.environ, **(plan.get("env") or {})}
-    if ctx.api_key_env and os.environ.get(ctx.api_key_env):
-        env["OPENAI_API_KEY"] = os.environ[ctx.api_key_env]  # vLLM's bench client sends it as the bearer token
-    python = (plan.get("argv") or [sys.executable])[0]
     cap = record.get("max_running")
-
-    def measure(load: float, tag: str = "") -> Dict[str, Any]:
-        nonlocal bench_s
-        workload = dict(ctx.workload)
-        if ctx.load == "concurrency":
-            concurrency, name, what = int(load), f"{tag}c{int(load)}.json", f"{tag}bench c={int(load)}"
-        else:  # a request rate: the rate sets the load, the clients are capped at what the server runs
-            concurrency, name, what = int(cap or 1024), f"{tag}rate{load:g}.json", f"{tag}bench rate={load:g}/s"
-            workload.update(request_rate=load, prompts_per_concurrency=None)
-        ctx.say(cid, what, prompts=bench.prompts_for(workload, concurrency))
-        argv_ = bench.bench_argv(
-            python,
-            plan["url"],
-            plan["model_name"],
-            plan["model_path"],
-            workload,
-            concurrency,
-            folder / "bench",
-            name,
-        )
-        t = time.time()
-        try:
-            figures = session.run(argv_, env, float(workload.get("timeout_s") or 1800), folder / "bench.log")
-        except bench.BenchError as e:
-            figures = {"concurrency": concurrency, "error": str(e)}
-        bench_s += figures.get("wall_s") or (time.time() - t)
-        figures["tokens_per_s_per_gpu"] = (figures.get("output_throughput") or 0.0) / gpus
-        return figures
+    prober = _Prober(ctx, cid, plan, folder, cap)
 
     def progress(p: Probe) -> None:
         ctx.say(cid, "probe", load=p.load, meets=p.meets, why=p.why)
@@ -597,17 +613,17 @@ def _measure_served(
             point = next((q for q in forecast.points if q["concurrency"] == start), None)
             start = point["requests_per_s"] if point else None
     # one vLLM bench client for every probe of this server: vLLM is imported once, not per probe
-    with bench.BenchSession() as session:
-        warmup = _warm_up(measure, start, cap) if ctx.warmup else None
+    with bench.BenchSession() as prober.session:
+        warmup = _warm_up(prober.measure, start, cap) if ctx.warmup else None
         search = find_max_load(
-            measure,
+            prober.measure,
             ctx.slo,
             load=ctx.load,
             start=start,
             upper=cap if ctx.load == "concurrency" else None,
             on_probe=progress,
         )
-    best = search.best
+    best, gpus, bench_s = search.best, prober.gpus, prober.bench_s
     measured = _measured(best, gpus) if best else None
     reason = None if best else f"no load met the SLO: {search.probes[0].why if search.probes else 'no probe'}"
     return {
