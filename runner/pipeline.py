@@ -741,7 +741,7 @@ def _performance_text(perf: Optional[Mapping[str, Any]]) -> List[str]:
     if not perf:
         return []
     w = perf["workload"]
-    if not perf.get("predicted"):
+    if not perf.get("table"):
         return [f"performance at {w['input_len']} in / {w['output_len']} out: not predicted ({perf.get('reason')})"]
     lines = [
         f"performance at {w['input_len']} in / {w['output_len']} out, {perf['card']} "

@@ -131,7 +131,8 @@ def performance_section(
         "table": [],
         "notes": list(chosen.notes),
     }
-    if chosen.predicted:
+    # the fit table's sizes even when the chosen one is refused: what TP=2 or 4 would do instead
+    if isinstance(card_of(manifest), CardFacts) and (manifest.get("model") or {}).get("hidden_size"):
         rows = ((manifest.get("fit") or {}).get("table")) or []
         section["table"] = [_table_row(manifest, r, workload, calibration_data) for r in rows if r.get("fits")]
     return section

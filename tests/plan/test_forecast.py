@@ -95,3 +95,18 @@ def test_a_gpu_plan_without_a_model_shape_says_so():
     section = forecast.performance_section(m, (512, 128), [1])
     assert section["predicted"] is False and section["reason"] == "the plan has no memory fit or model shape"
     assert section["card"] and section["table"] == []
+
+
+def test_a_refused_plan_still_shows_what_the_fitting_tp_sizes_would_do(tmp_path):
+    out = run_runner(
+        tmp_path,
+        "mode=plan",
+        "hw=nvlink-4gpu",
+        "model=llama70b",
+        "model.load_format=dummy",
+        "serve.tensor_parallel_size=1",
+    )
+    assert out.returncode == 2
+    perf = manifest(tmp_path)["performance"]
+    assert perf["predicted"] is False and perf["points"] == []  # TP=1 does not fit: nothing to predict for it
+    assert [r["tensor_parallel_size"] for r in perf["table"]] == [2, 4]
