@@ -110,3 +110,28 @@ def test_a_refused_plan_still_shows_what_the_fitting_tp_sizes_would_do(tmp_path)
     perf = manifest(tmp_path)["performance"]
     assert perf["predicted"] is False and perf["points"] == []  # TP=1 does not fit: nothing to predict for it
     assert [r["tensor_parallel_size"] for r in perf["table"]] == [2, 4]
+
+
+def test_a_calibration_for_the_card_is_used_and_said():
+    m = h100_tp1()
+    key = forecast.card_of(m).key
+    data = {"cards": {key: {"constants": {"decode_efficiency": 0.4}, "points": [{}], "date": "2026-12-04"}}}
+    slow = forecast.performance_section(m, (512, 128), [32], data)
+    default = forecast.performance_section(m, (512, 128), [32])
+    assert slow["calibrated"] and slow["calibration"].startswith("calibrated on 1 point(s)")
+    assert slow["points"][0]["tpot_ms"] > default["points"][0]["tpot_ms"]  # half the bandwidth: slower decode
+
+
+def test_a_missing_calibration_file_is_a_note_and_the_stated_defaults(tmp_path):
+    out = run_runner(
+        tmp_path,
+        "mode=plan",
+        "hw=nvlink-4gpu",
+        "model=llama3-8b",
+        "model.load_format=dummy",
+        f"tune.calibration={tmp_path / 'nope.json'}",
+    )
+    assert out.returncode == 0, out.stderr
+    m = manifest(tmp_path)
+    assert m["performance"]["calibrated"] is False
+    assert any(n.startswith("tune.calibration=") and "stated defaults" in n for n in m["notes"])
