@@ -102,9 +102,13 @@ def _unpredicted(reason: str, card: Optional[str], cal: Calibration) -> Predicti
     return Prediction(False, reason, card, cal.source, cal.calibrated, None, None, [], [], {})
 
 
-def _table_row(manifest: Mapping[str, Any], row: Mapping[str, Any], workload, calibration_data) -> Dict[str, Any]:
+def _table_row(
+    manifest: Mapping[str, Any], row: Mapping[str, Any], workload, calibration_data
+) -> Optional[Dict[str, Any]]:
     """One fitting TP size at the most sequences its server runs at once."""
     first = predict_from_manifest(manifest, workload, [1], calibration_data, fit=row)
+    if not first.predicted:  # e.g. PP > 1, which the model does not predict
+        return None
     at = first.max_running or 1
     point = predict_from_manifest(manifest, workload, [at], calibration_data, fit=row).to_dict()["points"][0]
     return {"tensor_parallel_size": row["tensor_parallel_size"], **point}
@@ -134,7 +138,8 @@ def performance_section(
     # the fit table's sizes even when the chosen one is refused: what TP=2 or 4 would do instead
     if isinstance(card_of(manifest), CardFacts) and (manifest.get("model") or {}).get("hidden_size"):
         rows = ((manifest.get("fit") or {}).get("table")) or []
-        section["table"] = [_table_row(manifest, r, workload, calibration_data) for r in rows if r.get("fits")]
+        table = [_table_row(manifest, r, workload, calibration_data) for r in rows if r.get("fits")]
+        section["table"] = [r for r in table if r is not None]
     return section
 
 

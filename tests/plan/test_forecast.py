@@ -135,3 +135,18 @@ def test_a_missing_calibration_file_is_a_note_and_the_stated_defaults(tmp_path):
     m = manifest(tmp_path)
     assert m["performance"]["calibrated"] is False
     assert any(n.startswith("tune.calibration=") and "stated defaults" in n for n in m["notes"])
+
+
+def test_a_pp_plan_is_not_predicted_and_plans_clean(tmp_path):
+    # PP > 1 is not modelled: no figures, the reason, and the plan itself unharmed (it crashed once)
+    out = run_runner(
+        tmp_path,
+        "mode=plan",
+        "hw=multinode-2x8",
+        "hw.node_ips=[10.0.0.1,10.0.0.2]",
+        "model=llama3-8b",
+        "model.load_format=dummy",
+    )
+    assert out.returncode == 0, out.stderr
+    perf = manifest(tmp_path)["performance"]
+    assert perf["predicted"] is False and "PP > 1" in perf["reason"] and perf["table"] == []
