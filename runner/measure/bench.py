@@ -111,6 +111,18 @@ def prompts_for(bench: Mapping, concurrency: int) -> int:
     return max(prompts, _positive_int(bench, "prompts_per_concurrency") * concurrency)
 
 
+def run_seed(bench: Mapping, index: int) -> int:
+    """The ``--seed`` of the ``index``-th benchmark run against one server: ``bench.seed + index``.
+
+    vLLM's random dataset draws every prompt's token offset from ``numpy.random.default_rng(seed)``,
+    and with fixed lengths nothing else is drawn, so the first n prompts of a run are the n prompts of
+    any smaller run with the same seed. vLLM's prefix cache (on by default) then serves a repeated
+    prompt from the cache: a later run of the same server would measure almost no prefill, and the
+    TTFT it reports would be the cache's, not the workload's. One seed per run keeps every prompt new."""
+    base = bench.get("seed")
+    return (0 if base is None else int(base)) + int(index)
+
+
 def _rate(value: Any) -> str:
     """request_rate as vLLM's flag takes it: a positive number, or "inf" (all at time 0)."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "")):

@@ -56,13 +56,15 @@ def _one(
     concurrency: int,
     results: List[Dict[str, Any]],
 ) -> None:
-    """One concurrency's benchmark: its figures (or its error) appended to results."""
+    """One concurrency's benchmark: its figures (or its error) appended to results. Each run has its own
+    seed (bench.run_seed), so no prompt of an earlier concurrency is served from the prefix cache."""
+    seed = bench.run_seed(workload, len(results))
     argv = bench.bench_argv(
         spec.python,
         spec.url,
         spec.model_name,
         str(model_path),
-        workload,
+        {**workload, "seed": seed},
         concurrency,
         run_dir / "bench",
         f"c{concurrency}.json",
@@ -77,11 +79,12 @@ def _one(
     try:
         figures = session.run(argv, env, cfg.timeout_s, run_dir / "bench.log")
     except bench.BenchError as exc:
-        results.append({"concurrency": concurrency, "error": str(exc)})
+        results.append({"concurrency": concurrency, "seed": seed, "error": str(exc)})
         log.error("bench failed", concurrency=concurrency, error=str(exc))
         return
     figures["result_file"] = os.path.relpath(figures["result_file"], run_dir)
     figures.pop("log", None)
+    figures["seed"] = seed
     results.append(figures)
     log.info(
         "bench done",

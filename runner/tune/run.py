@@ -543,6 +543,7 @@ class _Prober:
         self.env = env
         self.python = (plan.get("argv") or [sys.executable])[0]
         self.bench_s = 0.0
+        self.runs = 0  # benchmarks run against this server: each takes its own seed (bench.run_seed)
         self.session = None
 
     def measure(self, load: float, tag: str = "") -> Dict[str, Any]:
@@ -555,6 +556,8 @@ class _Prober:
             concurrency, name, what = int(self.cap or 1024), f"{tag}rate{load:g}.json", f"{tag}bench rate={load:g}/s"
             workload.update(request_rate=load, prompts_per_concurrency=None)
         ctx.say(self.cid, what, prompts=bench.prompts_for(workload, concurrency))
+        workload["seed"] = bench.run_seed(workload, self.runs)
+        self.runs += 1
         plan = self.plan
         argv = bench.bench_argv(
             self.python,
@@ -573,6 +576,7 @@ class _Prober:
             )
         except bench.BenchError as e:
             figures = {"concurrency": concurrency, "error": str(e)}
+        figures["seed"] = workload["seed"]
         self.bench_s += figures.get("wall_s") or (time.time() - t)
         figures["tokens_per_s_per_gpu"] = (figures.get("output_throughput") or 0.0) / self.gpus
         return figures
@@ -648,7 +652,16 @@ def _warm_up(measure, start: Optional[float], cap: Optional[int]) -> Dict[str, A
     if cap:
         load = min(load, cap)
     figures = measure(load, "warmup-")
-    keys = ("concurrency", "output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "wall_s", "error")
+    keys = (
+        "concurrency",
+        "seed",
+        "output_throughput",
+        "median_ttft_ms",
+        "p99_ttft_ms",
+        "median_tpot_ms",
+        "wall_s",
+        "error",
+    )
     return {"load": load, **{k: figures.get(k) for k in keys if k in figures}}
 
 

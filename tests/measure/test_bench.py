@@ -386,3 +386,38 @@ def test_the_gpu_workload_composes_with_its_wave_rule(compose):
     cfg = compose(["bench=h100-quick", "hw=cpu-2", "model=tiny-llama"])
     workload = OmegaConf.to_container(cfg.bench)
     assert [bench.prompts_for(workload, c) for c in workload["concurrencies"]] == [8, 128]
+
+
+# --------------------------------------------------------------------------- one seed per run
+def _random_prompts(tokenizer_dir: Path, seed: int, count: int):
+    """The prompts vLLM's own random dataset draws for a run (the dataset `vllm bench serve` uses)."""
+    transformers = pytest.importorskip("transformers")
+    datasets = pytest.importorskip("vllm.benchmarks.datasets.datasets")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    dataset = datasets.RandomDataset(random_seed=seed, dataset_path=None)
+    requests = dataset.sample(tokenizer=tokenizer, num_requests=count, input_len=32, output_len=8, range_ratio=0.0)
+    return [r.prompt for r in requests]
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(compose, tmp_path_factory):
+    from omegaconf import OmegaConf
+
+    from runner.launch import generate
+
+    model = OmegaConf.to_object(compose(["model=tiny-llama"])).model
+    return Path(generate.materialise(model, str(tmp_path_factory.mktemp("cache"))))
+
+
+def test_one_seed_repeats_the_smaller_runs_prompts_and_run_seed_gives_each_run_new_ones(tiny_tokenizer):
+    # Why run_seed exists: with one seed, a 16-prompt run's prompts are the first 16 of a 32-prompt run,
+    # which the server's prefix cache would then serve without prefill.
+    same = _random_prompts(tiny_tokenizer, 7, 16), _random_prompts(tiny_tokenizer, 7, 32)
+    assert same[1][:16] == same[0]
+    assert [bench.run_seed(BENCH, k) for k in range(3)] == [7, 8, 9]
+    first, second = (_random_prompts(tiny_tokenizer, bench.run_seed(BENCH, k), 16 * (k + 1)) for k in range(2))
+    # The tiny tokenizer's vocabulary is small, so a few offsets meet by chance; the first run's
+    # prompts are no longer the second run's opening ones.
+    assert second[:16] != first
+    assert len(set(first) & set(second)) <= 4
+    assert bench.run_seed({"seed": None}, 2) == 2
