@@ -72,7 +72,8 @@ DRIVER_RESERVED_FRACTION = 1 - 85_017_493_504 / 85_520_809_984
 NON_TORCH_GIB = {1: 0.22}
 NON_TORCH_GIB_TP = 0.06
 # The activation peak of the profiling pass: the larger of the forward pass over
-# max_num_batched_tokens tokens and the sampler over min(tokens, max_num_seqs) rows.
+# max_num_batched_tokens tokens and the sampler over min(tokens, max_num_seqs) rows (fused-MoE
+# models add their workspace and, on the V1 model runner, its sampler: activation_peak_bytes).
 #   forward = tokens x (3 x intermediate/TP + FWD_HIDDEN x hidden) x dtype bytes + FWD_GIB
 #   (gate_up's 2 x I/TP outputs and the activation's I/TP alive together; the slope in
 #   tokens is the measured one: +8192 tokens added 0.67 GiB to Llama-3-8B at TP 1)
@@ -82,6 +83,36 @@ FWD_HIDDEN = 2.2
 FWD_GIB = 0.18
 SAMPLER_BYTES_PER_LOGIT = 3.0
 SAMPLER_GIB = 0.28
+# ---- the fused-MoE workspace and the V1 runner's sampler (from vLLM 0.26.0's source) -------
+# Not fitted: sizes read off the code that allocates them during profile_run. The constants above
+# were fitted to dense models, which vLLM 0.26 runs on its V2 GPU model runner; the two terms here
+# account for what the measured MoE points needed beyond them (docs/memory-model.md, "Fused-MoE
+# models: the workspace and the V1 runner's sampler").
+#
+# vllm/config/vllm.py, VllmConfig.use_v2_model_runner / _is_default_v2_model_runner_model: the V2
+# runner is the default for every model that is not MoE, and for the MoE architectures named in
+# DEFAULT_V2_MODEL_RUNNER_ARCHITECTURES; every other MoE model (Mixtral, Qwen3-MoE, DeepSeek-V3,
+# gpt-oss, ...) runs on the V1 GPUModelRunner (vllm/v1/worker/gpu_model_runner.py), whose
+# profile_run samples differently (v1_sampler_peak_bytes).
+V2_RUNNER_MOE_ARCHITECTURES = frozenset(
+    {
+        "DeepseekV2ForCausalLM",
+        "GraniteMoeForCausalLM",
+        "InklingForCausalLM",
+        "InklingForConditionalGeneration",
+        "LongcatFlashNgramForCausalLM",
+        "Qwen2MoeForCausalLM",
+    }
+)
+# vllm/v1/sample/ops/topk_topp_triton.py, apply_top_k_top_p_triton: a float32 buffer of one vocabulary
+# row per Triton program, min(next_power_of_2(min(SMs, rows)), SMs) rows, kept in _TRITON_BUFFER_CACHE.
+# 132 SMs on the H100 / H200 SXM the points were measured on (108 on an A100: 0.01 GiB less there).
+TOPK_TOPP_PROGRAMS = 132
+FLOAT32_BYTES = 4
+# vllm/v1/worker/workspace.py, WorkspaceManager.get_simultaneous: each tensor of one request is
+# rounded up to 256 bytes inside the one workspace buffer.
+WORKSPACE_ALIGN = 256
+
 # Memory used before vLLM's first snapshot, outside everything above (CUDA context, and
 # NCCL's buffers with more than one rank): free memory at start-up was 78.66 of 79.18 GiB
 # at TP 1 and 77.64 at TP 2 and 4.
@@ -463,17 +494,107 @@ def kv_pool(
     return KvPool(page * widest, len(groups), per_request, True)
 
 
+def uses_v1_model_runner(shape: ModelShape) -> bool:
+    """Whether vLLM 0.26 runs this model on the V1 GPUModelRunner: a MoE model whose architecture
+    is not one DEFAULT_V2_MODEL_RUNNER_ARCHITECTURES names (vllm/config/vllm.py,
+    _is_default_v2_model_runner_model). Mixtral and Qwen3-MoE are; dense models and
+    DeepSeek-V2 are not (their logs say "Using V2 Model Runner")."""
+    return shape.num_experts > 1 and shape.architecture not in V2_RUNNER_MOE_ARCHITECTURES
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def fused_moe_workspace_bytes(shape: ModelShape, tp: int, tokens: int, dtype_bytes: int = 2) -> int:
+    """The fused-MoE layers' workspace after a forward pass over `tokens` tokens (0 without experts).
+
+    vLLM 0.26 on Hopper picks the Triton experts for bf16 and online fp8 MoE layers ("Using
+    TritonExperts MoE backend", "Using TRITON Fp8 MoE backend"). FusedMoEKernelModularImpl
+    (vllm/model_executor/layers/fused_moe/modular_kernel.py, _allocate_buffers) asks
+    TritonExperts.workspace_shapes (experts/triton_moe.py) for the whole batch, M = tokens (no
+    chunking in 0.26), N = w13's rows = 2 x moe_intermediate / TP, K = hidden, in the activation
+    dtype (workspace_dtype; bf16 under online fp8 too):
+
+        workspace13 = M x top-k x max(N / 2, K)   (the activation's output; the gated SiLU halves N)
+        workspace2  = M x top-k x max(N, K)       (gate_up's output, then w2's before moe_sum)
+        output      = M x K                       (shares workspace13's buffer)
+
+    and takes both from the WorkspaceManager (vllm/v1/worker/workspace.py, get_simultaneous): one
+    buffer for every MoE layer, grown to the largest request and never freed, so it is alive
+    from the first MoE layer to the end of profile_run, through the sampler. The router logits
+    (M x experts), top-k ids and weights and moe_align_block_size's sorted ids
+    (M x top-k + experts x (BLOCK_SIZE_M - 1) int32) are transient and under 3 MiB for the
+    shapes served. Qwen3-30B-A3B at 8192 tokens: 2 x 8192 x 8 x 2048 x 2 B = 0.5 GiB;
+    Mixtral-8x7B: 8192 x 2 x (14336 + 28672) x 2 B = 1.31 GiB at TP 1. Other expert backends
+    (FlashInfer CUTLASS / TRT-LLM, Marlin, mxfp4's kernels) size their own workspaces; they get the
+    Triton sizes here, unmeasured. Online fp8's quantized copies of the activations (M x K and
+    M x top-k x N/2 bytes, transient) are not counted."""
+    if shape.num_experts <= 1:
+        return 0
+    n = 2 * (shape.moe_intermediate_size or shape.intermediate_size) // tp
+    k, topk = shape.hidden_size, shape.experts_per_token
+    workspace13 = max(tokens * topk * max(n // 2, k), tokens * k)
+    workspace2 = tokens * topk * max(n, k)
+    return _round_up(workspace13 * dtype_bytes, WORKSPACE_ALIGN) + _round_up(workspace2 * dtype_bytes, WORKSPACE_ALIGN)
+
+
+def v1_sampler_peak_bytes(shape: ModelShape, tokens: int, rows: int, dtype_bytes: int = 2) -> int:
+    """The V1 GPUModelRunner's _dummy_sampler_run peak (vllm/v1/worker/gpu_model_runner.py), with
+    the dummy forward pass's hidden states still alive (profile_run holds them).
+
+    It samples rows = min(tokens, max_num_seqs) requests with top_k = vocab - 1 and top_p = 0.9,
+    twice: through FlashInfer, then through forward_native (a per-request generator). Per logit,
+    alive at the peak of either call: the logits in the model dtype (compute_logits; the full
+    vocabulary on every TP rank, all-gathered), their float32 copy (Sampler.forward), and two more
+    float32 tensors — FlashInfer's top_k_mask_logits output and its softmax
+    (flashinfer/sampling.py, top_k_top_p_sampling_from_logits: a tensor top_k skips the fast path),
+    then forward_native's probs and random_sample's exponential noise
+    (vllm/v1/sample/ops/topk_topp_sampler.py). The second call adds the Triton top-k/top-p
+    buffer (TOPK_TOPP_PROGRAMS rows of the vocabulary in float32). The V2 runner's sampler skips
+    top-k/top-p and logprobs in its profile run and is much lighter (the fitted sampler term).
+    Qwen3-30B-A3B: 1024 x 151,936 x (2 + 3 x 4) B = 2.03 GiB, + 0.07 GiB buffer, + 0.04 GiB states."""
+    rows = min(tokens, rows)
+    logits = rows * shape.vocab_size * (dtype_bytes + 3 * FLOAT32_BYTES)
+    programs = min(TOPK_TOPP_PROGRAMS, rows)
+    buffer = min(1 << max(programs - 1, 0).bit_length(), TOPK_TOPP_PROGRAMS) * shape.vocab_size * FLOAT32_BYTES
+    # _dummy_run's hidden states (tokens x hidden), the rows picked for the sampler and their
+    # torch.rand_like copy (rows x hidden each).
+    states = (tokens + 2 * rows) * shape.hidden_size * dtype_bytes
+    return int(logits + buffer + states)
+
+
+def _forward_bytes(shape: ModelShape, tp: int, tokens: int, intermediate: int, dtype_bytes: int) -> float:
+    """The fitted forward term: gate_up's 2 x I/TP outputs and the activation's I/TP alive together."""
+    return tokens * (FWD_MLP * intermediate / tp + FWD_HIDDEN * shape.hidden_size) * dtype_bytes + FWD_GIB * GIB
+
+
 def activation_peak_bytes(
     shape: ModelShape, tp: int, tokens: int, rows: int, dtype_bytes: int = 2, sampler_run: bool = True
 ) -> int:
     """The profiling pass's peak; sampler_run False for a pipeline stage before the last, where
-    vLLM's profile_run (gpu_model_runner.py) runs no sampler (only is_last_rank does)."""
-    intermediate = shape.intermediate_size
-    if shape.num_experts > 1:  # the routed tokens' experts, top-k of them per token
-        intermediate = (shape.moe_intermediate_size or shape.intermediate_size) * shape.experts_per_token
-    forward = tokens * (FWD_MLP * intermediate / tp + FWD_HIDDEN * shape.hidden_size) * dtype_bytes + FWD_GIB * GIB
-    sampler = min(tokens, rows) * shape.vocab_size * SAMPLER_BYTES_PER_LOGIT + SAMPLER_GIB * GIB
-    return int(max(forward, sampler) if sampler_run else forward)
+    vLLM's profile_run (gpu_model_runner.py) runs no sampler (only is_last_rank does).
+
+    Dense: the larger of the forward pass and the sampler. MoE: the routed experts' activations
+    are the fused-MoE workspace (fused_moe_workspace_bytes), alive from the first MoE layer on,
+    so the peak is the largest of the leading dense layers' forward (DeepSeek's
+    first_k_dense_replace, run before any MoE layer), the workspace plus the forward with the
+    shared experts as its MLP, and the workspace plus the sampler — the V1 runner's
+    (v1_sampler_peak_bytes) for the MoE models vLLM runs on it."""
+    workspace = fused_moe_workspace_bytes(shape, tp, tokens, dtype_bytes)
+    if workspace:
+        dense = _forward_bytes(shape, tp, tokens, shape.intermediate_size, dtype_bytes) if shape.dense_layers else 0
+        moe = workspace + _forward_bytes(shape, tp, tokens, shape.shared_expert_intermediate_size, dtype_bytes)
+        forward = max(dense, moe)
+    else:
+        forward = _forward_bytes(shape, tp, tokens, shape.intermediate_size, dtype_bytes)
+    if not sampler_run:
+        return int(forward)
+    if uses_v1_model_runner(shape):
+        sampler = v1_sampler_peak_bytes(shape, tokens, rows, dtype_bytes)
+    else:
+        sampler = min(tokens, rows) * shape.vocab_size * SAMPLER_BYTES_PER_LOGIT + SAMPLER_GIB * GIB
+    return int(max(forward, workspace + sampler))
 
 
 def cuda_graph_bytes(shape: ModelShape, tp: int, pp: int, rows: int, layers: Optional[int] = None) -> int:
