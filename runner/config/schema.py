@@ -45,6 +45,16 @@ class ChatTemplate(str, enum.Enum):
     mistral = "mistral"  # Mistral/Mixtral: [INST] … [/INST]
 
 
+class Processor(str, enum.Enum):
+    """The multimodal processor whose files are written beside the tokenizer of a model the
+    runner writes itself (runner/launch/generate.py's PROCESSOR_FORMATS)."""
+
+    none = "none"  # text only: config.json and the tokenizer
+    # Qwen2.5-VL: preprocessor_config.json (Qwen2VLImageProcessor, Qwen2_5_VLProcessor), the
+    # vision tokens at config.json's ids, a chat template that places images and videos
+    qwen2_5_vl = "qwen2_5_vl"
+
+
 class ModelSource(str, enum.Enum):
     generated = "generated"  # random weights written locally (tiny-llama)
     shape = "shape"  # published config.json numbers; real weights via model.path, or dummy
@@ -121,6 +131,9 @@ class ModelConfig:
     # Generated and dummy-weight models only (a real checkpoint brings its own): the chat
     # format their tokenizer gets, so /v1/chat/completions answers.
     chat_template: ChatTemplate = ChatTemplate.plain
+    # Likewise: the multimodal processor its directory gets (vLLM builds it at start-up, to
+    # profile the vision encoder), none for a text model.
+    processor: Processor = Processor.none
 
 
 @dataclass

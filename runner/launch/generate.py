@@ -1,7 +1,9 @@
 """The models the runner writes itself, just before a launch (or when mode=plan prints the
 command that would launch one): the generated tiny Llama (config.json, a byte-level BPE
 tokenizer and random bfloat16 weights) and, for shape entries rehearsed with
-``load_format=dummy``, config.json and a tokenizer alone.
+``load_format=dummy``, config.json and a tokenizer alone — with, for a multimodal entry, its
+processor's files (``model.processor``: preprocessor_config.json, the vision tokens, a chat
+template that places images), which vLLM reads at start-up to profile the vision encoder.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
-from runner.config.schema import ChatTemplate, ModelConfig, ModelSource
+from runner.config.schema import ChatTemplate, ModelConfig, ModelSource, Processor
 from runner.plan.shape import ModelShape
 from runner.probe.models import model_dir
 
@@ -90,7 +92,96 @@ CHAT_FORMATS: Dict[ChatTemplate, ChatFormat] = {
 }
 
 
-def _special_tokens(hf_config: Dict[str, Any], vocab_size: int, chat: ChatFormat) -> Dict[int, str]:
+@dataclass(frozen=True)
+class ProcessorFormat:
+    """A multimodal family's processor: its files and the tokens it looks up in the tokenizer."""
+
+    # preprocessor_config.json: the family's published values
+    preprocessor: Mapping[str, Any]
+    # preprocessor keys taken from config.json's vision_config (key there), so that the
+    # processor cuts images the way the encoder of these numbers reads them
+    from_vision: Tuple[Tuple[str, str], ...]
+    # the placeholder tokens, each at the id the config.json key beside it names
+    tokens: Tuple[Tuple[str, str], ...]
+    # what the chat template writes for an image part and a video part of a message
+    image: str
+    video: str
+
+
+# Public facts of each family's published processor, written for this project.
+PROCESSOR_FORMATS: Dict[Processor, ProcessorFormat] = {
+    Processor.qwen2_5_vl: ProcessorFormat(
+        preprocessor={
+            "image_processor_type": "Qwen2VLImageProcessor",
+            "processor_class": "Qwen2_5_VLProcessor",
+            "patch_size": 14,
+            "temporal_patch_size": 2,
+            "merge_size": 2,
+            "min_pixels": 3136,  # 56 x 56
+            "max_pixels": 12845056,  # 28 x 28 x 16384
+            # the OpenAI CLIP normalisation
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
+        },
+        from_vision=(
+            ("patch_size", "patch_size"),
+            ("temporal_patch_size", "temporal_patch_size"),
+            ("merge_size", "spatial_merge_size"),
+        ),
+        tokens=(
+            ("<|vision_start|>", "vision_start_token_id"),
+            ("<|vision_end|>", "vision_end_token_id"),
+            ("<|vision_pad|>", "vision_token_id"),
+            ("<|image_pad|>", "image_token_id"),
+            ("<|video_pad|>", "video_token_id"),
+        ),
+        image="<|vision_start|><|image_pad|><|vision_end|>",
+        video="<|vision_start|><|video_pad|><|vision_end|>",
+    ),
+}
+
+# The processor files materialise writes: left out (and removed) for a text model.
+PROCESSOR_FILES = ("preprocessor_config.json", "chat_template.jinja")
+
+
+def _processor_tokens(hf_config: Dict[str, Any], processor: Processor) -> Tuple[Tuple[str, Optional[int]], ...]:
+    fmt = PROCESSOR_FORMATS.get(Processor(processor))
+    return tuple((name, hf_config.get(key)) for name, key in fmt.tokens) if fmt else ()
+
+
+def chat_template_for(chat_template: ChatTemplate, processor: Processor = Processor.none) -> str:
+    """The family's template; with a processor, a message's content may also be a list of
+    parts (text, image, video), as a processor's apply_chat_template and vLLM pass them, and
+    each image or video part becomes the family's placeholder."""
+    template = CHAT_FORMATS[ChatTemplate(chat_template)].template
+    fmt = PROCESSOR_FORMATS.get(Processor(processor))
+    if fmt is None:
+        return template
+    macro = (
+        "{%- macro render_content(content) -%}"
+        "{%- if content is string -%}{{- content -}}"
+        "{%- elif content is not none -%}"
+        "{%- for part in content -%}"
+        "{%- if part['type'] == 'text' -%}{{- part['text'] -}}"
+        "{%- elif part['type'] in ['image', 'image_url'] -%}"
+        + fmt.image
+        + "{%- elif part['type'] in ['video', 'video_url'] -%}"
+        + fmt.video
+        + "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- endif -%}"
+        "{%- endmacro -%}"
+    )
+    assert "message['content']" in template, chat_template
+    return macro + template.replace("message['content']", "render_content(message['content'])")
+
+
+def _special_tokens(
+    hf_config: Dict[str, Any],
+    vocab_size: int,
+    chat: ChatFormat,
+    extra: Tuple[Tuple[str, Optional[int]], ...] = (),
+) -> Dict[int, str]:
     bos_id = hf_config.get("bos_token_id")
     eos = hf_config.get("eos_token_id")
     eos_id = eos[0] if isinstance(eos, list) else eos
@@ -100,11 +191,11 @@ def _special_tokens(hf_config: Dict[str, Any], vocab_size: int, chat: ChatFormat
     if eos_id is not None and eos_id < vocab_size:
         specials[int(eos_id)] = chat.eos
     top = vocab_size - 1
-    for name, wanted in chat.extra:
+    for name, wanted in (*chat.extra, *extra):
         if name in specials.values():
             continue
         token_id = wanted
-        if token_id >= vocab_size or token_id in specials:
+        if token_id is None or token_id >= vocab_size or token_id in specials:
             while top in specials:
                 top -= 1
             token_id = top
@@ -112,20 +203,60 @@ def _special_tokens(hf_config: Dict[str, Any], vocab_size: int, chat: ChatFormat
     return specials
 
 
-def _tokenizer_files(hf_config: Dict[str, Any], chat_template: ChatTemplate = ChatTemplate.plain) -> Dict[str, str]:
+def _vocab_and_specials(
+    hf_config: Dict[str, Any], chat_template: ChatTemplate, processor: Processor
+) -> Tuple[int, Dict[int, str]]:
+    vocab_size = int((hf_config.get("text_config") or hf_config)["vocab_size"])
+    chat = CHAT_FORMATS[ChatTemplate(chat_template)]
+    return vocab_size, _special_tokens(hf_config, vocab_size, chat, _processor_tokens(hf_config, processor))
+
+
+def _tokenizer_config(
+    hf_config: Dict[str, Any], chat_template: ChatTemplate = ChatTemplate.plain, processor: Processor = Processor.none
+) -> str:
+    """tokenizer_config.json: cheap to write, and it names every special token, so a directory
+    whose copy matches it holds the tokenizer.json that goes with it."""
+    _, specials = _vocab_and_specials(hf_config, chat_template, processor)
+    bos_id = hf_config.get("bos_token_id")
+    eos = hf_config.get("eos_token_id")
+    eos_id = eos[0] if isinstance(eos, list) else eos
+    tok_config: Dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": int(hf_config.get("max_position_embeddings") or 2048),
+        "clean_up_tokenization_spaces": False,
+        # transformers has no default template: without this key vLLM answers chat with 400
+        "chat_template": chat_template_for(chat_template, processor),
+    }
+    if bos_id in specials:
+        tok_config["bos_token"] = specials[bos_id]
+    if eos_id in specials:
+        tok_config["eos_token"] = specials[eos_id]
+    # the special tokens as tokenizer.json holds them (transformers writes the same key)
+    tok_config["added_tokens_decoder"] = {
+        str(token_id): {
+            "content": name,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for token_id, name in sorted(specials.items())
+    }
+    return json.dumps(tok_config, indent=2)
+
+
+def _tokenizer_files(
+    hf_config: Dict[str, Any], chat_template: ChatTemplate = ChatTemplate.plain, processor: Processor = Processor.none
+) -> Dict[str, str]:
     """A byte-level BPE tokenizer whose vocabulary spans the model's whole vocab_size, with
-    the chat template of its family.
+    the chat template of its family (and the placeholder tokens of its processor).
 
     Covering every id matters for dummy and random weights: the model may emit any id, and
     the detokenizer must be able to turn each into text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    vocab_size = int((hf_config.get("text_config") or hf_config)["vocab_size"])
-    chat = CHAT_FORMATS[ChatTemplate(chat_template)]
-    specials = _special_tokens(hf_config, vocab_size, chat)
-    bos_id = hf_config.get("bos_token_id")
-    eos = hf_config.get("eos_token_id")
-    eos_id = eos[0] if isinstance(eos, list) else eos
+    vocab_size, specials = _vocab_and_specials(hf_config, chat_template, processor)
     byte_chars = iter(sorted(pre_tokenizers.ByteLevel.alphabet()))
     vocab: Dict[str, int] = {}
     for token_id in range(vocab_size):
@@ -138,20 +269,27 @@ def _tokenizer_files(hf_config: Dict[str, Any], chat_template: ChatTemplate = Ch
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(list(specials.values()))
-    tok_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": int(hf_config.get("max_position_embeddings") or 2048),
-        "clean_up_tokenization_spaces": False,
-        # transformers has no default template: without this key vLLM answers chat with 400
-        "chat_template": chat.template,
-    }
-    if bos_id in specials:
-        tok_config["bos_token"] = specials[bos_id]
-    if eos_id in specials:
-        tok_config["eos_token"] = specials[eos_id]
     return {
         "tokenizer.json": tok.to_str(),
-        "tokenizer_config.json": json.dumps(tok_config, indent=2),
+        "tokenizer_config.json": _tokenizer_config(hf_config, chat_template, processor),
+    }
+
+
+def _processor_files(model: ModelConfig) -> Dict[str, str]:
+    """The processor's files (PROCESSOR_FILES) for a multimodal entry; none for a text one."""
+    fmt = PROCESSOR_FORMATS.get(Processor(model.processor))
+    if fmt is None:
+        return {}
+    hf = dict(model.hf_config)
+    vision = hf.get("vision_config") or {}
+    preprocessor = dict(fmt.preprocessor)
+    for key, vision_key in fmt.from_vision:
+        if vision.get(vision_key) is not None:
+            preprocessor[key] = vision[vision_key]
+    return {
+        "preprocessor_config.json": json.dumps(preprocessor, indent=2),
+        # the processor's own template (a processor reads no tokenizer_config.json): the same one
+        "chat_template.jinja": chat_template_for(model.chat_template, model.processor),
     }
 
 
@@ -207,13 +345,14 @@ def materialise(model: ModelConfig, cache_dir: str) -> Optional[str]:
         return where
     target = Path(where)
     if (target / "config.json").is_file():
-        _update_chat_template(model, target)
+        _refresh(model, target)
         return where
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         hf = dict(model.hf_config)
-        files = _tokenizer_files(hf, model.chat_template)
+        files = _tokenizer_files(hf, model.chat_template, model.processor)
+        files.update(_processor_files(model))
         files["config.json"] = json.dumps(hf, indent=2)
         gen = {k: hf[k] for k in ("bos_token_id", "eos_token_id") if k in hf}
         files["generation_config.json"] = json.dumps(gen, indent=2)
@@ -231,20 +370,35 @@ def materialise(model: ModelConfig, cache_dir: str) -> Optional[str]:
     return where
 
 
-def _update_chat_template(model: ModelConfig, target: Path) -> None:
-    """A directory written before its entry had this chat template (the directory's name
-    digests the config and seed only) gets the tokenizer files again; the weights stay."""
-    wanted = CHAT_FORMATS[ChatTemplate(model.chat_template)].template
+def _write(target: Path, name: str, text: str) -> None:
+    """One file replaced whole: a reader sees the old copy or the new one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=target)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target / name)
+
+
+def _read(path: Path) -> Optional[str]:
     try:
-        if json.loads((target / "tokenizer_config.json").read_text()).get("chat_template") == wanted:
-            return
-    except (OSError, ValueError):
-        pass
-    files = _tokenizer_files(dict(model.hf_config), model.chat_template)
-    # tokenizer_config.json last: its template says the files beside it are current
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=target)
-        with os.fdopen(fd, "w") as f:
-            f.write(files[name])
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target / name)
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _refresh(model: ModelConfig, target: Path) -> None:
+    """A directory written before its entry had this chat template or processor (the
+    directory's name digests the config and seed only) gets those files again; the weights stay."""
+    hf = dict(model.hf_config)
+    if _read(target / "tokenizer_config.json") != _tokenizer_config(hf, model.chat_template, model.processor):
+        files = _tokenizer_files(hf, model.chat_template, model.processor)
+        # tokenizer_config.json last: it says the tokenizer.json beside it is current
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            _write(target, name, files[name])
+    wanted = _processor_files(model)
+    for name in PROCESSOR_FILES:
+        if name in wanted:
+            if _read(target / name) != wanted[name]:
+                _write(target, name, wanted[name])
+        else:  # left by a multimodal entry of the same numbers: its template would win
+            (target / name).unlink(missing_ok=True)

@@ -1,5 +1,6 @@
-"""The generated model's files (config, tokenizer, safetensors) as vLLM reads them, and where
-they are written (runner/launch/generate.py, runner/probe/models.py's model_dir)."""
+"""The generated model's files (config, tokenizer, safetensors, a multimodal processor's) as vLLM
+and transformers read them, and where they are written (runner/launch/generate.py,
+runner/probe/models.py's model_dir)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from runner.config.schema import ModelConfig, ModelSource
+from runner.config.schema import ModelConfig, ModelSource, Processor
 from runner.launch import generate
 from runner.plan.shape import ModelShape
 from runner.probe import models
@@ -269,3 +270,214 @@ def test_a_directory_from_before_the_template_gets_it_and_keeps_its_weights(comp
     llama3 = dataclasses.replace(model, chat_template="llama3")
     generate.materialise(llama3, str(tmp_path))
     assert "<|eot_id|>" in json.loads((path / "tokenizer_config.json").read_text())["chat_template"]
+
+
+# --------------------------------------------------------------------------- multimodal processor
+
+# Qwen2.5-VL's published preprocessor_config.json.
+QWEN2_5_VL_PREPROCESSOR = {
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "processor_class": "Qwen2_5_VLProcessor",
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "min_pixels": 3136,
+    "max_pixels": 12845056,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+}
+
+# The placeholder tokens Qwen2.5-VL's processor and vLLM look up, and the config.json key of each id.
+VISION_TOKENS = {
+    "<|vision_start|>": "vision_start_token_id",
+    "<|vision_end|>": "vision_end_token_id",
+    "<|vision_pad|>": "vision_token_id",
+    "<|image_pad|>": "image_token_id",
+    "<|video_pad|>": "video_token_id",
+}
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No hub: what loads from the written directory must load from it alone."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="module")
+def vl(compose, tmp_path_factory):
+    """qwen2.5-vl-7b with dummy weights, materialised once: (ModelConfig, cache_dir, path)."""
+    model = OmegaConf.to_object(compose(["model=qwen2.5-vl-7b", "model.load_format=dummy"])).model
+    cache = str(tmp_path_factory.mktemp("cache"))
+    return model, cache, Path(generate.materialise(model, cache))
+
+
+def _image(width, height):
+    from PIL import Image
+
+    return Image.new("RGB", (width, height), (200, 30, 90))
+
+
+def test_the_vl_entry_names_its_processor(vl):
+    model, _, _ = vl
+    assert model.processor is Processor.qwen2_5_vl
+    # the text entries write no processor
+    assert ModelConfig(name="x").processor is Processor.none
+
+
+def test_materialise_writes_the_processor_files(vl):
+    model, cache, path = vl
+    assert path.parent == Path(cache) / "shapes"
+    assert sorted(p.name for p in path.iterdir()) == [
+        "chat_template.jinja",
+        "config.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    preprocessor = json.loads((path / "preprocessor_config.json").read_text())
+    assert preprocessor == QWEN2_5_VL_PREPROCESSOR
+    # the processor cuts images as the encoder of these numbers reads them
+    vision = model.hf_config["vision_config"]
+    assert preprocessor["patch_size"] == vision["patch_size"]
+    assert preprocessor["merge_size"] == vision["spatial_merge_size"]
+    assert preprocessor["temporal_patch_size"] == vision["temporal_patch_size"]
+    # the processor's template and the tokenizer's are one
+    template = (path / "chat_template.jinja").read_text()
+    assert json.loads((path / "tokenizer_config.json").read_text())["chat_template"] == template
+    assert models.inspect_model(model, cache) == (model.hf_config, [])
+
+
+def test_a_smaller_encoder_gets_its_own_patch_and_merge_sizes():
+    hf = {"vision_config": {"patch_size": 16, "spatial_merge_size": 1, "temporal_patch_size": 1}}
+    model = ModelConfig(name="vl", hf_config=hf, processor=Processor.qwen2_5_vl)
+    preprocessor = json.loads(generate._processor_files(model)["preprocessor_config.json"])
+    assert (preprocessor["patch_size"], preprocessor["merge_size"], preprocessor["temporal_patch_size"]) == (16, 1, 1)
+    assert preprocessor["max_pixels"] == 12845056  # the family's, not the encoder's
+    assert generate._processor_files(ModelConfig(name="text", hf_config=hf)) == {}
+
+
+def test_config_and_image_processor_load_offline(vl, offline):
+    import numpy as np
+    from transformers import AutoConfig, AutoImageProcessor
+
+    model, _, path = vl
+    config = AutoConfig.from_pretrained(str(path))
+    assert type(config).__name__ == "Qwen2_5_VLConfig"
+    assert config.image_token_id == 151655 and config.vision_config.spatial_merge_size == 2
+    # Qwen2VLImageProcessor where torchvision is installed, its PIL twin where it is not
+    image_processor = AutoImageProcessor.from_pretrained(str(path))
+    assert type(image_processor).__name__.startswith("Qwen2VLImageProcessor")
+    assert (image_processor.patch_size, image_processor.merge_size, image_processor.temporal_patch_size) == (14, 2, 2)
+    assert (image_processor.size["shortest_edge"], image_processor.size["longest_edge"]) == (3136, 12845056)
+    assert list(image_processor.image_mean) == QWEN2_5_VL_PREPROCESSOR["image_mean"]
+    # a 84 x 56 image is 6 x 4 patches of 14: one frame, repeated to the temporal patch of 2
+    out = image_processor(images=[_image(84, 56)], return_tensors="np")
+    assert out["image_grid_thw"].tolist() == [[1, 4, 6]]
+    assert out["pixel_values"].shape == (24, 3 * 2 * 14 * 14)
+    assert np.isfinite(out["pixel_values"]).all()
+
+
+def test_tokenizer_knows_the_vision_tokens_at_the_config_ids(vl, offline):
+    from transformers import AutoTokenizer
+
+    model, _, path = vl
+    tok = AutoTokenizer.from_pretrained(str(path))
+    assert len(tok) == model.hf_config["vocab_size"]
+    for name, key in VISION_TOKENS.items():
+        assert tok.convert_tokens_to_ids(name) == model.hf_config[key], name
+    placeholder = "<|vision_start|><|image_pad|><|vision_end|>"
+    ids = tok(placeholder + "cat", add_special_tokens=False)["input_ids"]
+    assert ids[:3] == [151652, 151655, 151653] and len(ids) == 6
+    assert tok.decode(ids, skip_special_tokens=True) == "cat"
+    # the chat tokens are still where the text model has them
+    assert tok.convert_tokens_to_ids("<|im_start|>") == 151644 and tok.eos_token == "<|im_end|>"
+
+
+def test_chat_template_places_images_and_videos(vl, offline):
+    from transformers import AutoTokenizer
+
+    _, _, path = vl
+    tok = AutoTokenizer.from_pretrained(str(path))
+    # text-only conversations render as the text model's do
+    text = tok.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+    assert text == RENDERED["qwen2.5-7b"]
+    parts = [
+        {"type": "image"},
+        {"type": "video"},
+        {"type": "text", "text": "What is in both?"},
+    ]
+    chat = [{"role": "user", "content": parts}]
+    assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+        "<|vision_start|><|video_pad|><|vision_end|>What is in both?<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_auto_processor_loads_offline_and_expands_the_image(vl, offline):
+    pytest.importorskip("torchvision", exc_type=ImportError)  # the video processor needs it
+    from transformers import AutoProcessor
+
+    model, _, path = vl
+    processor = AutoProcessor.from_pretrained(str(path))
+    assert type(processor).__name__ == "Qwen2_5_VLProcessor"
+    assert processor.image_token_id == model.hf_config["image_token_id"]
+    assert processor.video_token_id == model.hf_config["video_token_id"]
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
+    prompt = processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    out = processor(text=[prompt], images=[_image(84, 56)], return_tensors="np")
+    assert out["image_grid_thw"].tolist() == [[1, 4, 6]]
+    # 4 x 6 patches merged 2 x 2: six image tokens in place of the one placeholder
+    assert out["input_ids"][0].tolist().count(processor.image_token_id) == 6
+
+
+def test_vllm_builds_the_multimodal_processor(vl, offline):
+    """What failed on the GPU machine: vLLM's start builds the processor and profiles the
+    encoder with the largest image it allows."""
+    pytest.importorskip("torchvision", exc_type=ImportError)  # vLLM's Qwen2-VL module imports it
+    pytest.importorskip("vllm")
+    from vllm.config import ModelConfig as VllmModelConfig
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    model, _, path = vl
+    config = VllmModelConfig(model=str(path), tokenizer=str(path), max_model_len=model.max_model_len)
+    assert config.is_multimodal_model
+    processor = MULTIMODAL_REGISTRY.create_processor(config)
+    assert processor.info.get_hf_processor().image_token_id == model.hf_config["image_token_id"]
+    dummy = processor.get_dummy_mm_inputs({"image": 1}, cache=None)
+    # max_pixels / (14 x 2)^2 pixels a token
+    assert [p.get_num_embeds() for p in dummy["mm_placeholders"]["image"]] == [12845056 // 28**2]
+
+
+def test_a_directory_from_before_the_processor_gets_it_and_keeps_its_tokenizer_ids(vl, tmp_path):
+    model, _, _ = vl
+    text_only = dataclasses.replace(model, processor=Processor.none)  # as an earlier version wrote it
+    path = Path(generate.materialise(text_only, str(tmp_path)))
+    assert not (path / "preprocessor_config.json").exists() and not (path / "chat_template.jinja").exists()
+    assert "<|image_pad|>" not in (path / "tokenizer_config.json").read_text()
+    config = (path / "config.json").stat().st_mtime_ns
+    assert generate.materialise(model, str(tmp_path)) == str(path)
+    assert json.loads((path / "preprocessor_config.json").read_text()) == QWEN2_5_VL_PREPROCESSOR
+    added = json.loads((path / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    assert added["151655"]["content"] == "<|image_pad|>"
+    assert (path / "config.json").stat().st_mtime_ns == config
+    # and back: a text entry of the same numbers gets no processor (its template would win)
+    generate.materialise(text_only, str(tmp_path))
+    assert not (path / "preprocessor_config.json").exists() and not (path / "chat_template.jinja").exists()
+    assert "<|image_pad|>" not in (path / "tokenizer_config.json").read_text()
+
+
+def test_materialise_of_a_current_vl_directory_rewrites_nothing(vl, monkeypatch):
+    model, cache, path = vl
+    before = {p.name: p.stat().st_mtime_ns for p in path.iterdir()}
+
+    def boom(*a, **k):
+        raise AssertionError("materialise rewrote the tokenizer")
+
+    monkeypatch.setattr(generate, "_tokenizer_files", boom)
+    assert generate.materialise(model, cache) == str(path)
+    assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == before
