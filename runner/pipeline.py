@@ -240,7 +240,9 @@ def probe(c: Composed) -> Probed:
     launching = cfg.mode is not Mode.plan
     # a launch asks for the topology matrix while vLLM loads, not before it starts
     hw = probe_hardware(with_topology=not launching)
-    hf_config, found = models.inspect_model(cfg.model, cfg.cache_dir, cfg.serve.trust_remote_code)
+    hf_config, found = models.inspect_model(
+        cfg.model, cfg.cache_dir, cfg.serve.trust_remote_code, planning_only=not launching
+    )
     python = cfg.launch.python or sys.executable
     version = None
     if not shutil.which(python):
@@ -342,8 +344,12 @@ def _planned(run: Progress) -> int:
         generate.materialise(cfg.model, cfg.cache_dir)
     except OSError as e:
         run.notes.append(f"model files not written ({e}); the first launch writes them")
+    needs = models.launch_needs(cfg.model, cfg.cache_dir, run.probed.hf_config)
+    run.notes += needs
     _write_manifest(run, "planned", EXIT_OK)
     print(_plan_text(run.plan, cfg.hw, run.performance))
+    for note in needs:
+        print(f"note: {note}")
     return EXIT_OK
 
 

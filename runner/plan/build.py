@@ -627,8 +627,11 @@ def _parallel_sizes(
         problems += list(cluster_plan.problems)
         notes += list(cluster_plan.notes)
     if tp is None:
-        tp = rules.valid_tp_sizes(shape, max(available // pp, 1), hf_config)[-1]
-        notes.append(f"tensor_parallel_size not set: {tp}, the largest the model allows on {available} device(s)")
+        allowed = rules.valid_tp_sizes(shape, max(available // pp, 1), hf_config)
+        # none allowed (a quantized layout no split fits): TP 1, whose rule problems say why
+        tp = allowed[-1] if allowed else 1
+        if allowed:
+            notes.append(f"tensor_parallel_size not set: {tp}, the largest the model allows on {available} device(s)")
     elif tp < 1:
         problems.append(Problem("serve.tensor_parallel_size", tp, "must be at least 1", "serve.tensor_parallel_size=1"))
         tp = 1
@@ -648,9 +651,13 @@ def _parallel_sizes(
     if shape is not None:
         why = rules.tp_violation(shape, tp, hf_config)
         if why:
-            problems.append(
-                Problem("serve.tensor_parallel_size", tp, why, f"serve.tensor_parallel_size={_or_list(fits_devices)}")
+            fix = (
+                f"serve.tensor_parallel_size={_or_list(fits_devices)}"
+                if fits_devices
+                else f"no TP size up to {max(available // pp, 1)} splits this checkpoint's layout: another "
+                "checkpoint of the model (a quantization whose groups divide its layers), or more devices"
             )
+            problems.append(Problem("serve.tensor_parallel_size", tp, why, fix))
         too_many_stages = rules.pp_violation(shape, pp)
         if too_many_stages:
             problems.append(too_many_stages)

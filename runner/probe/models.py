@@ -14,7 +14,7 @@ import math
 import os
 import struct
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from runner.config.schema import ModelConfig, ModelSource
 from runner.probe import hub
@@ -54,12 +54,14 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.
 
 
 def inspect_model(
-    model: ModelConfig, cache_dir: str, trust_remote_code: bool = False
+    model: ModelConfig, cache_dir: str, trust_remote_code: bool = False, planning_only: bool = False
 ) -> Tuple[Optional[Dict[str, Any]], List[Problem]]:
     """The model's config.json (or the entry's own numbers), and what is wrong with its files.
 
-    Checked before launch because vLLM finds these minutes later, behind a stack trace."""
-    hf, problems = _inspect_model(model, cache_dir)
+    Checked before launch because vLLM finds these minutes later, behind a stack trace.
+    planning_only (mode=plan): the plan reads config.json alone, so a directory without a
+    tokenizer is not a problem there — ``launch_needs`` says what a launch will want."""
+    hf, problems = _inspect_model(model, cache_dir, planning_only)
     if hf is not None:
         where = model_dir(model, cache_dir)
         on_disk = bool(where and os.path.isfile(os.path.join(where, "config.json")))
@@ -90,12 +92,66 @@ POSITIVE_INT_KEYS = (
 )
 
 
+# Further numbers the shape reads (MLA, larger MoE, sliding window): zero is "none" for these.
+NON_NEGATIVE_INT_KEYS = (
+    "kv_lora_rank",
+    "q_lora_rank",
+    "qk_nope_head_dim",
+    "qk_rope_head_dim",
+    "v_head_dim",
+    "n_routed_experts",
+    "n_shared_experts",
+    "shared_expert_intermediate_size",
+    "first_k_dense_replace",
+    "sliding_window_pattern",
+)
+# vision_config's numbers (runner/plan/shape.py, _vision) and quantization_config's
+VISION_INT_KEYS = (
+    "hidden_size",
+    "embed_dim",
+    "depth",
+    "num_hidden_layers",
+    "num_heads",
+    "num_attention_heads",
+    "intermediate_size",
+    "patch_size",
+    "in_chans",
+    "in_channels",
+    "num_channels",
+    "temporal_patch_size",
+    "spatial_merge_size",
+    "out_hidden_size",
+    "max_pixels",
+)
+QUANT_INT_KEYS = ("bits", "w_bit", "group_size", "q_group_size")
+QUANT_NAME_LISTS = ("modules_to_not_convert", "ignored_layers", "ignore")
+# Larger than any model's, and small enough that the planner's arithmetic stays exact: a layer
+# count builds per-layer tables, so it is held to a count a model could have.
+MAX_FIELD = 2**40
+MAX_LAYERS = 100_000
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "depth")
+
+
 def _positive_int(value: Any) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, float):
-        return value.is_integer() and value > 0
+        return math.isfinite(value) and value.is_integer() and value > 0
     return isinstance(value, int) and value > 0
+
+
+def _int_problem(key: str, value: Any, low: int = 1) -> Optional[str]:
+    """Why value is not a whole number in [low, its bound] (None when it is)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "is not an integer"
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return "is not an integer"
+    if value < low:
+        return "is not a positive integer" if low == 1 else f"is below {low}"
+    bound = MAX_LAYERS if key in LAYER_KEYS else MAX_FIELD
+    if value > bound:
+        return f"is absurdly large (at most {bound:,})"
+    return None
 
 
 def config_json_problems(hf: Any, where: Optional[str]) -> List[Problem]:
@@ -125,8 +181,21 @@ def config_json_problems(hf: Any, where: Optional[str]) -> List[Problem]:
         value = text[key]
         if value is None and key not in REQUIRED_KEYS:
             continue
-        if not _positive_int(value):
-            found.append(problem(key, value, "is not a positive integer"))
+        why = _int_problem(key, value)
+        if why:
+            found.append(problem(key, value, "is not a positive integer" if why == "is not an integer" else why))
+    for key in NON_NEGATIVE_INT_KEYS:
+        value = text.get(key)
+        if value is not None and key in text:
+            why = _int_problem(key, value, low=0)
+            if why:
+                found.append(problem(key, value, why))
+    window = text.get("sliding_window")
+    if window is not None and window is not False:
+        why = _int_problem("sliding_window", window, low=0)
+        if why:
+            found.append(problem("sliding_window", window, why))
+    found += _nested_problems(hf, problem)
     heads, kv = text.get("num_attention_heads"), text.get("num_key_value_heads")
     if _positive_int(heads) and _positive_int(kv) and (kv > heads or heads % kv):
         found.append(problem("num_key_value_heads", kv, f"does not divide num_attention_heads={heads}"))
@@ -137,6 +206,13 @@ def config_json_problems(hf: Any, where: Optional[str]) -> List[Problem]:
         if not isinstance(rope, dict):
             found.append(problem(key, rope, "is not an object"))
             continue
+        for name in ("type", "rope_type"):
+            kind = rope.get(name)
+            if kind is not None and not isinstance(kind, str):
+                found.append(problem(f"{key}.{name}", kind, "is not a name"))
+        original = rope.get("original_max_position_embeddings")
+        if original is not None and _int_problem("original_max_position_embeddings", original):
+            found.append(problem(f"{key}.original_max_position_embeddings", original, "is not a positive integer"))
         factor = rope.get("factor")
         if factor is not None and (
             isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0
@@ -145,7 +221,52 @@ def config_json_problems(hf: Any, where: Optional[str]) -> List[Problem]:
     return found
 
 
-def _inspect_model(model: ModelConfig, cache_dir: str) -> Tuple[Optional[Dict[str, Any]], List[Problem]]:
+def _nested_problems(hf: Dict[str, Any], problem: Any) -> List[Problem]:
+    """vision_config's and quantization_config's fields, as the planner reads them."""
+    found: List[Problem] = []
+    vision = hf.get("vision_config")
+    if vision is not None and not isinstance(vision, dict):
+        found.append(problem("vision_config", vision, "is not an object"))
+    elif vision:
+        for key in VISION_INT_KEYS:
+            value = vision.get(key)
+            why = _int_problem(key, value) if value is not None else None
+            if why:
+                found.append(problem(f"vision_config.{key}", value, why))
+        ratio = vision.get("mlp_ratio")
+        if ratio is not None and (
+            isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < MAX_LAYERS
+        ):
+            found.append(problem("vision_config.mlp_ratio", ratio, "is not a positive number"))
+    quant = hf.get("quantization_config")
+    if quant is not None and not isinstance(quant, dict):
+        found.append(problem("quantization_config", quant, "is not an object"))
+    elif quant:
+        for key in QUANT_INT_KEYS:
+            value = quant.get(key)
+            if value is None or (key.endswith("group_size") and value == -1):
+                continue  # -1: one group over the whole input (AWQ / GPTQ)
+            why = _int_problem(key, value)
+            if why:
+                found.append(problem(f"quantization_config.{key}", value, why))
+        for key in QUANT_NAME_LISTS:
+            names = quant.get(key)
+            if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+                found.append(problem(f"quantization_config.{key}", names, "is not a list of module names"))
+        block = quant.get("weight_block_size")
+        if block is not None and not (
+            isinstance(block, list) and len(block) == 2 and all(not _int_problem("block", b) for b in block)
+        ):
+            found.append(problem("quantization_config.weight_block_size", block, "is not two positive integers"))
+        method = quant.get("quant_method")
+        if method is not None and not isinstance(method, str):
+            found.append(problem("quantization_config.quant_method", method, "is not a name"))
+    return found
+
+
+def _inspect_model(
+    model: ModelConfig, cache_dir: str, planning_only: bool = False
+) -> Tuple[Optional[Dict[str, Any]], List[Problem]]:
     where = model_dir(model, cache_dir)
     fix_dir = "model.path=DIR (a directory with config.json, weights and a tokenizer)"
     if model.path and not os.path.isdir(os.path.expanduser(model.path)):
@@ -191,8 +312,22 @@ def _inspect_model(model: ModelConfig, cache_dir: str) -> Tuple[Optional[Dict[st
                     )
                 )
                 hf = None
+    if model.path and not planning_only and model.load_format in WEIGHT_CHECKED_FORMATS:
+        try:
+            weightless = not any(n.endswith(WEIGHT_SUFFIXES) for n in os.listdir(where))
+        except OSError:
+            weightless = False
+        if weightless:
+            problems.append(
+                Problem(
+                    "model.path",
+                    where,
+                    "no weights (*.safetensors, *.bin, *.pt)",
+                    "copy the model's weight files into the directory, or model.load_format=dummy to rehearse",
+                )
+            )
     present = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(where, n))]
-    if not present:
+    if not present and not planning_only:
         problems.append(
             Problem(
                 "model.path",
@@ -201,7 +336,7 @@ def _inspect_model(model: ModelConfig, cache_dir: str) -> Tuple[Optional[Dict[st
                 "copy the model's tokenizer files into the directory",
             )
         )
-    elif present[0] == "tokenizer.json" and model.path:
+    elif present and present[0] == "tokenizer.json" and model.path:
         # A user's file is parsed to catch a broken download; the runner's own (generated models, dummy-
         # weight shapes: 3.5 MB for Llama-3) was written whole by it, and parsing it is a fifth of mode=plan.
         try:
@@ -217,6 +352,38 @@ def _inspect_model(model: ModelConfig, cache_dir: str) -> Tuple[Optional[Dict[st
                 )
             )
     return hf, problems
+
+
+# Weight files vLLM's loaders read (safetensors, PyTorch bins, GGUF), and a multimodal
+# processor's own configuration (transformers' AutoProcessor / AutoImageProcessor).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+# The load formats that read those files from model.path (tensorizer, run:ai's streamer and the
+# rest name their own sources): only these are checked for weights before a launch.
+WEIGHT_CHECKED_FORMATS = ("auto", "safetensors", "pt")
+PROCESSOR_CONFIGS = ("preprocessor_config.json", "processor_config.json")
+
+
+def launch_needs(model: ModelConfig, cache_dir: str, hf: Optional[Mapping[str, Any]]) -> List[str]:
+    """What a user's model directory lacks that only a launch needs (mode=plan reads config.json
+    alone): a tokenizer, the weights (unless load_format=dummy), a multimodal model's processor
+    configuration. One note naming them all, or nothing."""
+    where = os.path.expanduser(model.path) if model.path else None
+    if not (where and os.path.isdir(where)):
+        return []
+    try:
+        names = os.listdir(where)
+    except OSError:
+        return []
+    missing = []
+    if not any(n in names for n in TOKENIZER_FILES):
+        missing.append(f"a tokenizer ({', '.join(TOKENIZER_FILES[:3])}…)")
+    if model.load_format != "dummy" and not any(n.endswith(WEIGHT_SUFFIXES) for n in names):
+        missing.append("the weights (*.safetensors; or model.load_format=dummy to rehearse)")
+    if isinstance((hf or {}).get("vision_config"), dict) and not any(n in names for n in PROCESSOR_CONFIGS):
+        missing.append("the image processor's preprocessor_config.json (vLLM builds it at start-up)")
+    if not missing:
+        return []
+    return [f"model.path={where} is enough to plan; serving it will also need {', '.join(missing)}"]
 
 
 def safetensors_weights(directory: Optional[str]) -> Optional[Dict[str, Any]]:

@@ -108,6 +108,58 @@ CASES = [
         lambda t: _model_dir(t, LLAMA_CFG, None),
         "tokenizer",
     ),
+    (
+        "no weights at all",
+        ["hw=cpu-2", "model=local", "mode=check"],
+        {},
+        lambda t: _model_dir(t, LLAMA_CFG),
+        "no weights",
+    ),
+    # found by tests/config/test_config_json_property.py: each crashed the planner before
+    (
+        "MLA rank not a number",
+        ["hw=cpu-2", "model=local", "mode=plan"],
+        {},
+        lambda t: _model_dir(t, {**LLAMA_CFG, "kv_lora_rank": 512, "q_lora_rank": ":"}),
+        "config.json: q_lora_rank=':' is not an integer",
+    ),
+    (
+        "layer count absurd",
+        ["hw=cpu-2", "model=local", "mode=plan"],
+        {},
+        lambda t: _model_dir(t, {**LLAMA_CFG, "num_hidden_layers": 10**12}),
+        "num_hidden_layers=1000000000000 is absurdly large",
+    ),
+    (
+        "vision_config not an object",
+        ["hw=cpu-2", "model=local", "mode=plan"],
+        {},
+        lambda t: _model_dir(t, {**LLAMA_CFG, "vision_config": [1, 2]}),
+        "vision_config=[1, 2] is not an object",
+    ),
+    (
+        "quantization ignore list not names",
+        ["hw=cpu-2", "model=local", "mode=plan"],
+        {},
+        lambda t: _model_dir(t, {**LLAMA_CFG, "quantization_config": {"quant_method": "awq", "ignore": 0.5}}),
+        "quantization_config.ignore=0.5 is not a list of module names",
+    ),
+    (
+        "rope type not a name",
+        ["hw=cpu-2", "model=local", "mode=plan"],
+        {},
+        lambda t: _model_dir(t, {**LLAMA_CFG, "rope_scaling": {"rope_type": [1, 2], "factor": 2.0}}),
+        "rope_scaling.rope_type=[1, 2] is not a name",
+    ),
+    (
+        "quantization groups no TP size splits",
+        ["hw=cpu-2", "model=local", "mode=plan"],
+        {},
+        lambda t: _model_dir(
+            t, {**LLAMA_CFG, "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 3}}
+        ),
+        "splits this checkpoint's layout",
+    ),
     ("max_model_len zero", [*TINY, "serve.max_model_len=0"], {}, None, "serve.max_model_len"),
     ("max_model_len beyond context", [*TINY, "serve.max_model_len=100000"], {}, None, "serve.max_model_len"),
     ("max_num_seqs zero", [*TINY, "serve.max_num_seqs=0"], {}, None, "serve.max_num_seqs"),
