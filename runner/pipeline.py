@@ -256,6 +256,8 @@ def probe(c: Composed) -> Probed:
         )
     else:
         version = _vllm_version_for(python) if launching else installed_vllm()[1]
+        if hf_config and version and os.path.realpath(python) == os.path.realpath(sys.executable):
+            found += _dropped_architecture(cfg, hf_config, version)
     return Probed(
         probe=hw,
         hf_config=hf_config,
@@ -265,6 +267,25 @@ def probe(c: Composed) -> Probed:
         vllm=version,
         weights_on_disk=models.safetensors_weights(models.model_dir(cfg.model, cfg.cache_dir)),
     )
+
+
+def _dropped_architecture(cfg, hf_config: Mapping[str, Any], version: str) -> List[Problem]:
+    """An architecture the installed vLLM's registry names as removed or moved to a plugin: vLLM
+    would stop on it after its start-up; said before anything starts."""
+    names = hf_config.get("architectures")
+    arch = names[0] if isinstance(names, list) and names and isinstance(names[0], str) else None
+    verdict = validate.dropped_architecture(arch) if arch else None
+    if verdict is None:
+        return []
+    key, value = ("model.path", cfg.model.path) if cfg.model.path else ("model.hf_config.architectures", arch)
+    kind, detail = verdict
+    if kind == "removed":
+        why = f"vLLM {version} no longer serves {arch} (its registry: supported until v{detail})"
+        fix = f"launch.python=<a Python whose vLLM is v{detail} or older>, or another model"
+    else:
+        why = f"vLLM {version} serves {arch} only through an out-of-tree plugin"
+        fix = f"install the plugin ({detail}) into vLLM's Python"
+    return [Problem(key, value, why, fix)]
 
 
 def _vllm_version_for(python: str) -> Optional[str]:

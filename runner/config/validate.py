@@ -167,6 +167,53 @@ def vllm_value_set(name: str) -> Tuple[str, ...]:
     return FALLBACK_SETS[name]
 
 
+_REGISTRY = "model_executor/models/registry.py"
+
+
+@functools.lru_cache(maxsize=None)
+def _registry_source() -> Optional[str]:
+    try:
+        spec = importlib.util.find_spec("vllm")
+        root = Path(spec.origin).parent if spec and spec.origin else None
+        return (root / _REGISTRY).read_text() if root is not None else None
+    except (OSError, ValueError, ImportError):
+        return None
+
+
+def _registry_block(source: str, name: str) -> str:
+    """The text of one module-level ``NAME = { ... }`` literal of vLLM's registry."""
+    start = source.find(f"\n{name} = {{")
+    if start < 0:
+        return ""
+    end = source.find("\n}", start)
+    return source[start : end if end > 0 else len(source)]
+
+
+def dropped_architecture(architecture: str) -> Optional[Tuple[str, str]]:
+    """Whether the installed vLLM refuses this architecture outright, read from its registry's
+    source (vllm/model_executor/models/registry.py) without importing vLLM: ("removed", the last
+    version that served it) for _PREVIOUSLY_SUPPORTED_MODELS, ("plugin", its URL) for
+    _OOT_SUPPORTED_MODELS; None when vLLM serves it, may serve it through its Transformers
+    backend, or is not installed here."""
+    source = _registry_source()
+    if not source or not architecture:
+        return None
+    quoted = f'"{architecture}":'
+    for name in ("_PREVIOUSLY_SUPPORTED_MODELS", "_OOT_SUPPORTED_MODELS"):
+        block = _registry_block(source, name)
+        at = block.find(quoted)
+        if at < 0:
+            continue
+        # registry.py checks every supported table first: an architecture listed there is served
+        elsewhere = source.replace(block, "")
+        if quoted + " (" in elsewhere or re.search(re.escape(quoted) + r"\s*\(", elsewhere):
+            return None
+        value = re.match(r'\s*"([^"]+)"', block[at + len(quoted) :])
+        if value:
+            return ("removed" if name.startswith("_PREVIOUSLY") else "plugin", value.group(1))
+    return None
+
+
 def _number(key: str, value: Any, fix: str, *, low: float = 0, low_ok: bool = False, high: float = math.inf):
     """One numeric key: finite, above low (or at it when low_ok), at most high."""
     if value is None or isinstance(value, bool):

@@ -753,6 +753,18 @@ def _memory_fit(
         notes.append(
             "memory not predicted: a quantized model's weights are sized from its safetensors files, and none are here"
         )
+    if shape.recurrent_layers:
+        # not counted as attention: that would under-count the KV cache and miscount the weights
+        notes.append(
+            f"memory not predicted: {shape.recurrent_layers} of {shape.num_hidden_layers} layers keep a recurrent "
+            f"state ({shape.recurrent_kind}), which vLLM sizes per request and aligns the attention layers' "
+            "block size to; the memory model does not cover them yet (vLLM's start-up log reports the KV cache)"
+        )
+        if not weights_on_disk:  # a parameter count of attention layers in their place would mislead
+            for key in ("parameters", "weights_gib"):
+                estimate.pop(key, None)
+            estimate["weights_source"] = "not predicted (recurrent layers); the safetensors files give it exactly"
+        return _Fit(estimate, util_ok), Findings(tuple(problems), tuple(notes))
     predict = None
     found = Findings(tuple(problems), tuple(notes))
     gpu_bytes, gpu_name, memory_source = _gpu_memory(cfg.hw, visible, cfg.mode is Mode.plan)
@@ -838,10 +850,17 @@ def _gpu_fit_findings(
         tokens = min(fit.kv_cache_tokens, shape.context_length or fit.kv_cache_tokens)
         return found + Findings(notes=(f"max_model_len -1: vLLM fits it to memory; predicted {tokens:,} tokens",))
     if fit.fits and fit.oom_risk:
+        encoder = fit.vision_encoder_serving_gib
         warning = (
             f"WARNING: only {fit.headroom_gib:.2f} GiB would stay free on each GPU after start-up; vLLM may run out of "
-            "memory in its first full batch (measured on 80 GB cards, not on this one): "
-            f"serve.gpu_memory_utilization={fit.max_safe_utilization:.2f} is safer"
+            + (
+                f"memory in its first full batch, or at its first large image: the vision encoder's "
+                f"{encoder:.2f} GiB for its largest image batch run outside vLLM's own memory profile (read from "
+                "vLLM 0.26's source, not measured): "
+                if encoder
+                else "memory in its first full batch (measured on 80 GB cards, not on this one): "
+            )
+            + f"serve.gpu_memory_utilization={fit.max_safe_utilization:.2f} is safer"
         )
         return found + Findings(notes=(warning,))
     if not fit.fits:

@@ -157,6 +157,10 @@ class MemoryFit:
     # stage that many: get_kv_cache_configs). The per-GPU figures above are that stage's.
     pipeline_stages: Tuple["StageFit", ...] = ()
     tightest_stage: Optional[int] = None
+    # a multimodal model on vLLM 0.26's V2 model runner: its vision encoder's activations for the
+    # largest image batch, which vLLM's memory profile leaves out, so they must stay free (in
+    # the head-room figures above); 0 without an encoder, or where the profile counts it
+    vision_encoder_serving_gib: float = 0.0
 
     def to_dict(self) -> Dict[str, Any]:
         out = asdict(self)
@@ -597,6 +601,34 @@ def activation_peak_bytes(
     return int(max(forward, workspace + sampler))
 
 
+def vision_encoder_tokens(shape: ModelShape, max_num_batched_tokens: int) -> int:
+    """The LM tokens of images the encoder runs on at once: vLLM's encoder compute budget,
+    max(max_num_encoder_input_tokens (= max_num_batched_tokens), the largest item's tokens)
+    (vllm/v1/core/encoder_cache_manager.py, compute_mm_encoder_budget), the largest item being
+    the processor's largest image: max_pixels over (patch x merge)² pixels a token."""
+    if not (shape.vision_hidden_size and shape.vision_patch_size):
+        return 0
+    per_token = shape.vision_patch_size**2 * shape.vision_merge
+    return max(max_num_batched_tokens, shape.vision_max_pixels // per_token)
+
+
+def vision_encoder_peak_bytes(shape: ModelShape, tp: int, tokens: int, dtype_bytes: int = 2) -> int:
+    """The vision encoder's activations over `tokens` LM tokens of images (0 without one).
+
+    Qwen2.5-VL's ViT (vllm/model_executor/models/qwen2_5_vl.py) runs every block on all the
+    batch's patches (tokens x merge²): at its MLP the residual stream, the block input and the
+    normed input (3 x width) are alive with gate_up's output and the activation's (3 x the MLP
+    width / TP, split like the text model's); the pixel values come in as float32 and are cast
+    to the encoder's dtype (both alive at the patch embedding, under the blocks' peak for these
+    widths, so counted beside it)."""
+    if not (tokens and shape.vision_hidden_size):
+        return 0
+    patches = tokens * shape.vision_merge
+    blocks = patches * (3 * shape.vision_hidden_size + 3 * shape.vision_intermediate_size / tp) * dtype_bytes
+    pixels = patches * shape.vision_patch_inputs * (4 + dtype_bytes)
+    return int(blocks + pixels)
+
+
 def cuda_graph_bytes(shape: ModelShape, tp: int, pp: int, rows: int, layers: Optional[int] = None) -> int:
     """layers: the pipeline stage's own (default: the whole model over pp, rounded up)."""
     layers = math.ceil(shape.num_hidden_layers / pp) if layers is None else layers
@@ -647,6 +679,7 @@ class _Stage:
     headroom: float
     need_free: float
     max_util: float
+    encoder: float = 0  # the part of need_free the vision encoder takes at serving time
 
     def room(self) -> float:
         """KV blocks this stage could hold (negative when it has no room): the smallest binds."""
@@ -656,6 +689,14 @@ class _Stage:
 def _stage(shape: ModelShape, b: _Budget, index: int, layers: Tuple[int, int], weights: float, last: bool) -> _Stage:
     """One pipeline stage's GPUs: vLLM's determine_available_memory on each, and its blocks."""
     peak = activation_peak_bytes(shape, b.tp, b.tokens, b.rows, b.dtype_bytes, sampler_run=last)
+    # The first stage runs the vision encoder. vLLM 0.26's V1 model runner profiles it (profile_run:
+    # embed_multimodal on the largest batch of dummy images, before the decoder's dummy run); its V2
+    # runner does not (vllm/v1/worker/gpu/model_runner.py, profile_run runs the decoder alone), so
+    # there the encoder's activations come out of what stays free at serving time.
+    encoder = vision_encoder_peak_bytes(shape, b.tp, vision_encoder_tokens(shape, b.tokens), b.dtype_bytes)
+    encoder = encoder if index == 0 else 0
+    if uses_v1_model_runner(shape):
+        peak = max(peak, encoder)
     graphs = 0 if b.enforce_eager else cuda_graph_bytes(shape, b.tp, 1, b.rows, layers[1] - layers[0])
     kv_cache = b.requested - weights - peak - b.non_torch - (graphs if b.counted else 0)
     pool = kv_pool(shape, b.tp, 1, b.kv_bytes, b.length, b.in_flight, stage=layers)
@@ -664,9 +705,13 @@ def _stage(shape: ModelShape, b: _Budget, index: int, layers: Tuple[int, int], w
     # requested, and the CUDA graphs where they are not inside the request; the last stage
     # samples, so it needs room for the float32 logits.
     need_free = (min(b.tokens, b.rows) * shape.vocab_size * 4 if last else 0) + HEADROOM_GIB * GIB
+    serving_encoder = 0 if uses_v1_model_runner(shape) else encoder
+    need_free += serving_encoder
     headroom = b.total - b.baseline - b.requested - (0 if b.counted else graphs)
     max_util = math.floor((b.total - b.baseline - (0 if b.counted else graphs) - need_free) / b.total * 100) / 100
-    return _Stage(index, layers, weights, peak, graphs, kv_cache, pool, blocks, headroom, need_free, max_util)
+    return _Stage(
+        index, layers, weights, peak, graphs, kv_cache, pool, blocks, headroom, need_free, max_util, serving_encoder
+    )
 
 
 def _where(stage: _Stage, stages: int) -> str:
@@ -680,7 +725,9 @@ def _why_not(stages: Sequence[_Stage], b: _Budget, kv_tokens: int, blocks: int, 
     n = len(stages)
     heaviest = max(stages, key=lambda st: st.weights)
     tight = min(stages, key=_Stage.room)
-    worst = min(stages, key=lambda st: st.headroom - st.need_free)
+    # the encoder's serving-time share is read from vLLM's source, not measured: it warns (oom_risk), it
+    # does not refuse
+    worst = min(stages, key=lambda st: st.headroom - (st.need_free - st.encoder))
     per_request = tight.pool.blocks_per_request
     if heaviest.weights >= b.requested:
         return (
@@ -699,12 +746,13 @@ def _why_not(stages: Sequence[_Stage], b: _Budget, kv_tokens: int, blocks: int, 
             f"the KV cache holds {blocks:,} blocks{_where(tight, n)}, fewer than the {per_request:,} one request of "
             f"max_model_len {b.length:,} needs across its full and sliding-window layers"
         )
-    if worst.headroom < worst.need_free and (worst.headroom < 0 or gpu_total_bytes >= BIG_GPU_BYTES):
+    sampling = worst.need_free - worst.encoder
+    if worst.headroom < sampling and (worst.headroom < 0 or gpu_total_bytes >= BIG_GPU_BYTES):
         # Certain when vLLM's own plan exceeds the card; on other cards than the 80 GB class
         # the constants were measured on, a small margin is only a warning (oom_risk).
         return (
             f"out of memory after start-up{_where(worst, n)}: {worst.headroom / GIB:.2f} GiB would stay free, "
-            f"less than the {worst.need_free / GIB:.2f} GiB a full sampling step allocates"
+            f"less than the {sampling / GIB:.2f} GiB a full sampling step allocates"
         )
     return None
 
@@ -798,6 +846,7 @@ def predict(
         headroom_gib=round(headroom / GIB, 2),
         max_safe_utilization=min(st.max_util for st in stages),
         oom_risk=any(st.headroom < st.need_free for st in stages),
+        vision_encoder_serving_gib=round(stages[0].encoder / GIB, 2),
         kv_cache_gib=round(tight.kv_cache / GIB, 2),
         kv_bytes_per_token=(tight.layers[1] - tight.layers[0]) * shape.kv_bytes_per_token_per_layer(tp, b.kv_bytes),
         kv_cache_tokens=kv_tokens,

@@ -56,6 +56,20 @@ class ModelShape:
     vision_heads: int = 0
     vision_intermediate_size: int = 0
     vision_parameters: int = 0
+    # ... and what sizes its activations: its width, the values one patch carries in (channels x
+    # temporal patch x patch²), the patch side, how many patches merge into one LM token, and
+    # the largest image its processor cuts (max_pixels; Qwen2-VL's published default).
+    vision_hidden_size: int = 0
+    vision_patch_inputs: int = 0
+    vision_patch_size: int = 0
+    vision_merge: int = 1
+    vision_max_pixels: int = 0
+    # Layers that keep a recurrent state instead of (or beside) a per-token KV cache: Mamba /
+    # Mamba-2, linear attention (Qwen3-Next's gated DeltaNet), short convolutions (LFM2). vLLM sizes
+    # their state per request (MambaSpec) and aligns the attention layers' block size to it; the
+    # memory model does not cover them yet, so the plan says so instead of counting them as attention.
+    recurrent_layers: int = 0
+    recurrent_kind: str = ""
 
     @classmethod
     def from_hf_config(cls, cfg: Dict[str, Any]) -> "ModelShape":
@@ -116,6 +130,7 @@ class ModelShape:
             **_attention_windows(text, model_type, layers),
             **_mla_and_moe(text, model_type),
             **_vision(cfg.get("vision_config"), hidden),
+            **_recurrent(text, layers),
         )
 
     def served_dtype_bytes(self, dtype: Optional[str] = "auto") -> int:
@@ -315,7 +330,50 @@ def _vision(vision: Any, text_hidden: int) -> Dict[str, Any]:
         "vision_heads": heads,
         "vision_intermediate_size": inter,
         "vision_parameters": layers * (attention + mlp + norms) + chans * temporal * patch * patch * width + merger,
+        "vision_hidden_size": width,
+        "vision_patch_inputs": chans * temporal * patch * patch,
+        "vision_patch_size": patch,
+        "vision_merge": merge * merge,
+        # transformers' Qwen2VLImageProcessor default (28 x 28 x 16384), which Qwen2.5-VL publishes
+        "vision_max_pixels": int(vision.get("max_pixels") or 12845056),
     }
+
+
+# What layer_types calls a layer with a recurrent state (substrings): Qwen3-Next "linear_attention",
+# Granite-4.0-H "mamba", LFM2 "conv"; attention layers are "full_attention" / "sliding_attention" /
+# "attention" / "chunked_attention".
+_RECURRENT_KINDS = ("linear", "mamba", "conv", "ssm", "recurren", "delta", "rwkv")
+
+
+def _recurrent(text: Dict[str, Any], layers: int) -> Dict[str, Any]:
+    """How many layers carry a recurrent state, as each family's config.json says it:
+
+    - ``layer_types`` naming them (Qwen3-Next, Granite-4.0-H, LFM2);
+    - ``hybrid_override_pattern``, one character a layer, ``M`` for Mamba-2 (Nemotron-H);
+    - ``attn_layer_period`` / ``attn_layer_offset``: attention every period-th layer, Mamba
+      elsewhere (Jamba);
+    - ``full_attention_interval``: every interval-th layer full attention, linear attention
+      elsewhere (Qwen3-Next without layer_types);
+    - ``mamba_d_ssm`` / ``mamba_n_heads``: a Mamba-2 mixer beside attention in every layer (Falcon-H1)."""
+    kinds = text.get("layer_types")
+    if isinstance(kinds, list) and kinds:
+        found = [str(k) for k in kinds if any(r in str(k).lower() for r in _RECURRENT_KINDS)]
+        if found:
+            return {"recurrent_layers": len(found), "recurrent_kind": found[0]}
+        return {}
+    pattern = text.get("hybrid_override_pattern")
+    if isinstance(pattern, str) and "M" in pattern:
+        return {"recurrent_layers": pattern.count("M"), "recurrent_kind": "mamba2"}
+    period, offset = text.get("attn_layer_period"), text.get("attn_layer_offset")
+    if isinstance(period, int) and isinstance(offset, int) and period > 0 and not isinstance(period, bool):
+        attention = sum(1 for i in range(layers) if i % period == offset)
+        return {"recurrent_layers": layers - attention, "recurrent_kind": "mamba"}
+    interval = text.get("full_attention_interval")
+    if isinstance(interval, int) and not isinstance(interval, bool) and interval > 1:
+        return {"recurrent_layers": layers - layers // interval, "recurrent_kind": "linear_attention"}
+    if text.get("mamba_d_ssm") or text.get("mamba_n_heads"):
+        return {"recurrent_layers": layers, "recurrent_kind": "mamba2 (beside attention)"}
+    return {}
 
 
 def _mla_and_moe(text: Dict[str, Any], model_type: str) -> Dict[str, Any]:
