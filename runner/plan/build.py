@@ -545,6 +545,10 @@ def _resolve_devices(
     return _Devices(device, available, pool), Findings(tuple(problems))
 
 
+# The largest random checkpoint model.source=generated writes (tiny-llama's is 2 MB).
+GENERATED_MAX_BYTES = 2**30
+
+
 def _model_findings(
     cfg: RunnerConfig, shape: Optional[ModelShape], path: Optional[str], planning_only: bool
 ) -> Findings:
@@ -552,6 +556,19 @@ def _model_findings(
     model = cfg.model
     problems: List[Problem] = []
     notes: List[str] = []
+    if model.source is ModelSource.generated and shape is not None and not model.path:
+        # the runner writes these weights itself (random bfloat16, built in memory): test-sized models only
+        size = shape.parameter_count() * 2
+        if size > GENERATED_MAX_BYTES:
+            problems.append(
+                Problem(
+                    "model.source",
+                    "generated",
+                    f"would write {size / GIB:.1f} GiB of random weights ({shape.parameter_count() / 1e9:.2f} B "
+                    f"parameters); generated models are for tests, at most {GENERATED_MAX_BYTES / GIB:.0f} GiB",
+                    "model.source=shape model.load_format=dummy (vLLM makes the weights itself, nothing is written)",
+                )
+            )
     if path is None:
         if model.source is ModelSource.local:
             problems.append(

@@ -160,6 +160,13 @@ CASES = [
         ),
         "splits this checkpoint's layout",
     ),
+    (
+        "generated weights for a full-size shape",
+        ["hw=cpu-2", "model=llama3-8b", "model.source=generated", "mode=plan"],
+        {},
+        None,
+        "model.source=shape model.load_format=dummy",
+    ),
     ("max_model_len zero", [*TINY, "serve.max_model_len=0"], {}, None, "serve.max_model_len"),
     ("max_model_len beyond context", [*TINY, "serve.max_model_len=100000"], {}, None, "serve.max_model_len"),
     ("max_num_seqs zero", [*TINY, "serve.max_num_seqs=0"], {}, None, "serve.max_num_seqs"),
