@@ -224,10 +224,16 @@ def config_json_problems(hf: Any, where: Optional[str]) -> List[Problem]:
 def _nested_problems(hf: Dict[str, Any], problem: Any) -> List[Problem]:
     """vision_config's and quantization_config's fields, as the planner reads them."""
     found: List[Problem] = []
-    vision = hf.get("vision_config")
-    if vision is not None and not isinstance(vision, dict):
-        found.append(problem("vision_config", vision, "is not an object"))
-    elif vision:
+
+    def section(name: str) -> Dict[str, Any]:
+        """config.json's object NAME ({} when absent; said and {} when it is not an object)."""
+        value = hf.get(name)
+        if value is not None and not isinstance(value, dict):
+            found.append(problem(name, value, "is not an object"))
+        return value if isinstance(value, dict) else {}
+
+    vision = section("vision_config")
+    if vision:
         for key in VISION_INT_KEYS:
             value = vision.get(key)
             why = _int_problem(key, value) if value is not None else None
@@ -238,10 +244,8 @@ def _nested_problems(hf: Dict[str, Any], problem: Any) -> List[Problem]:
             isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < MAX_LAYERS
         ):
             found.append(problem("vision_config.mlp_ratio", ratio, "is not a positive number"))
-    quant = hf.get("quantization_config")
-    if quant is not None and not isinstance(quant, dict):
-        found.append(problem("quantization_config", quant, "is not an object"))
-    elif quant:
+    quant = section("quantization_config")
+    if quant:
         for key in QUANT_INT_KEYS:
             value = quant.get(key)
             if value is None or (key.endswith("group_size") and value == -1):
