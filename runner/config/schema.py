@@ -132,7 +132,7 @@ class ModelConfig:
     # format their tokenizer gets, so /v1/chat/completions answers.
     chat_template: ChatTemplate = ChatTemplate.plain
     # Likewise: the multimodal processor its directory gets (vLLM builds it at start-up, to
-    # profile the vision encoder), none for a text model.
+    # size the vision encoder's budget), none for a text model.
     processor: Processor = Processor.none
 
 

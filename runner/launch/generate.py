@@ -3,7 +3,7 @@ command that would launch one): the generated tiny Llama (config.json, a byte-le
 tokenizer and random bfloat16 weights) and, for shape entries rehearsed with
 ``load_format=dummy``, config.json and a tokenizer alone — with, for a multimodal entry, its
 processor's files (``model.processor``: preprocessor_config.json, the vision tokens, a chat
-template that places images), which vLLM reads at start-up to profile the vision encoder.
+template that places images), which vLLM reads at start-up to size the vision encoder's budget.
 """
 
 from __future__ import annotations

@@ -436,8 +436,8 @@ def test_auto_processor_loads_offline_and_expands_the_image(vl, offline):
 
 
 def test_vllm_builds_the_multimodal_processor(vl, offline):
-    """What failed on the GPU machine: vLLM's start builds the processor and profiles the
-    encoder with the largest image it allows."""
+    """What failed on the GPU machine: vLLM's start builds the processor and sizes the
+    encoder's budget from the largest image it allows (the dummy inputs below)."""
     pytest.importorskip("torchvision", exc_type=ImportError)  # vLLM's Qwen2-VL module imports it
     pytest.importorskip("vllm")
     from vllm.config import ModelConfig as VllmModelConfig
