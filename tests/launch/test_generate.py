@@ -418,6 +418,27 @@ def test_chat_template_places_images_and_videos(vl, offline):
     )
 
 
+def test_the_image_processor_reads_the_written_config_without_torchvision(vl, offline):
+    """transformers' PIL backend of Qwen2-VL's image processor (no torchvision, so it runs on the
+    CPU box too): the written preprocessor_config.json's patch, merge and pixel bounds decide how
+    an image is cut, as vLLM's processor cuts it."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    _, _, path = vl
+    processor = Qwen2VLImageProcessorPil.from_pretrained(str(path))
+    assert (processor.patch_size, processor.merge_size, processor.temporal_patch_size) == (14, 2, 2)
+    small = processor(images=[_image(84, 56)], return_tensors="np")
+    # 56 x 84 pixels in 14-pixel patches: 4 x 6, merged 2 x 2 into six LM tokens
+    assert small["image_grid_thw"].tolist() == [[1, 4, 6]]
+    assert small["pixel_values"].shape == (24, 3 * 2 * 14 * 14)
+    # the largest image is held to max_pixels: at most 16,384 LM tokens, the encoder budget the
+    # planner sizes (runner/plan/memory.py, vision_encoder_tokens)
+    big = processor(images=[_image(5000, 5000)], return_tensors="np")
+    t, h, w = big["image_grid_thw"].tolist()[0]
+    assert h * w * 14 * 14 <= QWEN2_5_VL_PREPROCESSOR["max_pixels"]
+    assert 0.9 * 16384 < h * w // 4 <= 16384
+
+
 def test_auto_processor_loads_offline_and_expands_the_image(vl, offline):
     pytest.importorskip("torchvision", exc_type=ImportError)  # the video processor needs it
     from transformers import AutoProcessor
