@@ -10,6 +10,7 @@ launched), 1 failed (vLLM did not come up, or did not verify).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import shlex
@@ -258,6 +259,8 @@ def probe(c: Composed) -> Probed:
         version = _vllm_version_for(python) if launching else installed_vllm()[1]
         if hf_config and version and os.path.realpath(python) == os.path.realpath(sys.executable):
             found += _dropped_architecture(cfg, hf_config, version)
+            if launching:
+                found += _missing_torchvision(cfg, hf_config)
     return Probed(
         probe=hw,
         hf_config=hf_config,
@@ -272,12 +275,10 @@ def probe(c: Composed) -> Probed:
 def _dropped_architecture(cfg, hf_config: Mapping[str, Any], version: str) -> List[Problem]:
     """An architecture the installed vLLM's registry names as removed or moved to a plugin: vLLM
     would stop on it after its start-up; said before anything starts."""
-    names = hf_config.get("architectures")
-    arch = names[0] if isinstance(names, list) and names and isinstance(names[0], str) else None
+    arch, key, value = _architecture_key(cfg, hf_config)
     verdict = validate.dropped_architecture(arch) if arch else None
     if verdict is None:
         return []
-    key, value = ("model.path", cfg.model.path) if cfg.model.path else ("model.hf_config.architectures", arch)
     kind, detail = verdict
     if kind == "removed":
         why = f"vLLM {version} no longer serves {arch} (its registry: supported until v{detail})"
@@ -286,6 +287,28 @@ def _dropped_architecture(cfg, hf_config: Mapping[str, Any], version: str) -> Li
         why = f"vLLM {version} serves {arch} only through an out-of-tree plugin"
         fix = f"install the plugin ({detail}) into vLLM's Python"
     return [Problem(key, value, why, fix)]
+
+
+def _architecture_key(cfg, hf_config: Mapping[str, Any]) -> Tuple[Optional[str], str, Any]:
+    """(config.json's first architecture, the key a problem about it names, that key's value)."""
+    names = hf_config.get("architectures")
+    arch = names[0] if isinstance(names, list) and names and isinstance(names[0], str) else None
+    return (arch, "model.path", cfg.model.path) if cfg.model.path else (arch, "model.hf_config.architectures", arch)
+
+
+def _missing_torchvision(cfg, hf_config: Mapping[str, Any]) -> List[Problem]:
+    """A multimodal model whose vLLM code imports torchvision (read from the installed sources)
+    where this Python has none: vLLM would stop on it seconds into its start; said before it."""
+    arch, key, value = _architecture_key(cfg, hf_config)
+    if not arch or "vision_config" not in hf_config or importlib.util.find_spec("torchvision") is not None:
+        return []
+    chain = validate.torchvision_chain(arch)
+    if not chain:
+        return []
+    from runner.diagnose.signatures import torch_paired_fix  # the failing case only
+
+    why = f"vLLM's {arch} code imports torchvision ({' -> '.join(chain)}), and vLLM's Python has none"
+    return [Problem(key, value, why, torch_paired_fix("torchvision"))]
 
 
 def _vllm_version_for(python: str) -> Optional[str]:

@@ -214,6 +214,64 @@ def dropped_architecture(architecture: str) -> Optional[Tuple[str, str]]:
     return None
 
 
+def _package_root(name: str) -> Optional[Path]:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ValueError, ImportError):
+        return None
+    return Path(spec.origin).parent if spec and spec.origin else None
+
+
+# A module-level import of a sibling vLLM model module or of a transformers model module, and of
+# torchvision itself (unindented lines only: imports inside functions happen later, if at all).
+_MODULE_IMPORT = re.compile(r"^from (\.\w+|transformers\.models\.[\w.]+) import", re.MULTILINE)
+_TORCHVISION_IMPORT = re.compile(r"^(?:from|import) torchvision\b", re.MULTILINE)
+
+
+def torchvision_chain(
+    architecture: str, vllm_root: Optional[Path] = None, transformers_root: Optional[Path] = None, depth: int = 3
+) -> Optional[List[str]]:
+    """The import chain by which vLLM's module for this architecture needs torchvision at import
+    time, read from the installed vLLM's and transformers' sources (the registry names the
+    module; its module-level imports of sibling model modules and of transformers model modules
+    are followed): ["qwen2_5_vl.py", "qwen2_vl.py", "transformers/models/qwen2_vl/image_processing_qwen2_vl.py"],
+    or None when no such chain is found (or either package is not installed here)."""
+    vllm_root = vllm_root or _package_root("vllm")
+    transformers_root = transformers_root or _package_root("transformers")
+    if vllm_root is None or transformers_root is None:
+        return None
+    try:
+        registry = (vllm_root / _REGISTRY).read_text()
+    except OSError:
+        return None
+    found = re.search(r'"' + re.escape(architecture) + r'":\s*\(\s*"(\w+)"', registry)
+    if not found:
+        return None
+    models = vllm_root / "model_executor" / "models"
+    todo = [(models / f"{found.group(1)}.py", [f"{found.group(1)}.py"])]
+    seen = set()
+    while todo:
+        path, chain = todo.pop(0)
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if _TORCHVISION_IMPORT.search(text):
+            return chain
+        if len(chain) > depth:
+            continue
+        for name in _MODULE_IMPORT.findall(text):
+            if name.startswith("."):
+                todo.append((models / f"{name[1:]}.py", chain + [f"{name[1:]}.py"]))
+            else:
+                rel = Path(*name.split(".")[1:]).with_suffix(".py")
+                todo.append((transformers_root / rel, chain + [f"transformers/{rel.as_posix()}"]))
+    return None
+
+
 def _number(key: str, value: Any, fix: str, *, low: float = 0, low_ok: bool = False, high: float = math.inf):
     """One numeric key: finite, above low (or at it when low_ok), at most high."""
     if value is None or isinstance(value, bool):

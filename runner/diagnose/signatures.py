@@ -585,14 +585,7 @@ def _module(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]
     else:
         who = "an optional package the model's processor, quantization or attention backend imports"
     if top in _TORCH_PAIRED:
-        # torchvision / torchaudio carry compiled ops built against one torch release: the build
-        # pip picks by name alone is a CUDA one, which a CPU torch cannot load ("operator
-        # torchvision::nms does not exist")
-        fix = (
-            f"`pip install {pip}==<the release paired with vLLM's torch>` in the Python that runs vLLM "
-            "(a CPU torch needs the CPU build: `--index-url https://download.pytorch.org/whl/cpu`), "
-            "or serve a text-only model"
-        )
+        fix = torch_paired_fix(pip)
     else:
         fix = f"`pip install {pip}` in the Python that runs vLLM (the version vLLM's requirements name)"
     return f"the Python module {name} is missing from vLLM's environment ({who})", fix
@@ -600,6 +593,19 @@ def _module(m: re.Match, ctx: Mapping[str, Any], before: str) -> Tuple[str, str]
 
 # Packages whose compiled ops are built for one torch release.
 _TORCH_PAIRED = {"torchvision", "torchaudio"}
+
+
+def torch_paired_fix(pip: str) -> str:
+    """torchvision / torchaudio carry compiled ops built against one torch release: the build pip
+    picks by name alone is a CUDA one, which a CPU torch cannot load ("operator
+    torchvision::nms does not exist")."""
+    return (
+        f"`pip install {pip}==<the release paired with vLLM's torch>` in the Python that runs vLLM "
+        "(a CPU torch needs the CPU build: `--index-url https://download.pytorch.org/whl/cpu`), "
+        "or serve a text-only model"
+    )
+
+
 # A traceback frame in an installed package: (its path inside site-packages, the line).
 _FRAME = re.compile(r'File "[^"]*?/(?:site|dist)-packages/(?P<path>[^"]+)", line (?P<line>\d+)')
 
