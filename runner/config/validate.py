@@ -151,13 +151,21 @@ def _literal_in(source: str, name: str) -> Optional[Tuple[str, ...]]:
     return None
 
 
+def _package_root(name: str) -> Optional[Path]:
+    """The directory of an installed package, found without importing it (None when absent)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ValueError, ImportError):
+        return None
+    return Path(spec.origin).parent if spec and spec.origin else None
+
+
 @functools.lru_cache(maxsize=None)
 def vllm_value_set(name: str) -> Tuple[str, ...]:
     """The values of one of vLLM's Literal types (e.g. CacheDType) from the installed vLLM's
     source; the table above where vLLM is not installed here or no longer declares it."""
     try:
-        spec = importlib.util.find_spec("vllm")
-        root = Path(spec.origin).parent if spec and spec.origin else None
+        root = _package_root("vllm")
         if root is not None:
             found = _literal_in((root / _SOURCES[name]).read_text(), name)
             if found:
@@ -170,14 +178,24 @@ def vllm_value_set(name: str) -> Tuple[str, ...]:
 _REGISTRY = "model_executor/models/registry.py"
 
 
+def _read_registry(vllm_root: Optional[Path]) -> Optional[str]:
+    try:
+        return (vllm_root / _REGISTRY).read_text() if vllm_root is not None else None
+    except OSError:
+        return None
+
+
 @functools.lru_cache(maxsize=None)
 def _registry_source() -> Optional[str]:
-    try:
-        spec = importlib.util.find_spec("vllm")
-        root = Path(spec.origin).parent if spec and spec.origin else None
-        return (root / _REGISTRY).read_text() if root is not None else None
-    except (OSError, ValueError, ImportError):
-        return None
+    """The installed vLLM's registry.py, read once a process."""
+    return _read_registry(_package_root("vllm"))
+
+
+def _registry_module(source: str, architecture: str) -> Optional[str]:
+    """The model module a supported-models table of the registry names for an architecture
+    (``"Arch": ("module", "Class")``), or None where no table serves it."""
+    found = re.search(r'"' + re.escape(architecture) + r'":\s*\(\s*"(\w+)"', source)
+    return found.group(1) if found else None
 
 
 def _registry_block(source: str, name: str) -> str:
@@ -205,21 +223,12 @@ def dropped_architecture(architecture: str) -> Optional[Tuple[str, str]]:
         if at < 0:
             continue
         # registry.py checks every supported table first: an architecture listed there is served
-        elsewhere = source.replace(block, "")
-        if quoted + " (" in elsewhere or re.search(re.escape(quoted) + r"\s*\(", elsewhere):
+        if _registry_module(source.replace(block, ""), architecture):
             return None
         value = re.match(r'\s*"([^"]+)"', block[at + len(quoted) :])
         if value:
             return ("removed" if name.startswith("_PREVIOUSLY") else "plugin", value.group(1))
     return None
-
-
-def _package_root(name: str) -> Optional[Path]:
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ValueError, ImportError):
-        return None
-    return Path(spec.origin).parent if spec and spec.origin else None
 
 
 # A module-level import of a sibling vLLM model module or of a transformers model module, and of
@@ -236,19 +245,14 @@ def torchvision_chain(
     module; its module-level imports of sibling model modules and of transformers model modules
     are followed): ["qwen2_5_vl.py", "qwen2_vl.py", "transformers/models/qwen2_vl/image_processing_qwen2_vl.py"],
     or None when no such chain is found (or either package is not installed here)."""
+    registry = _read_registry(vllm_root) if vllm_root else _registry_source()
     vllm_root = vllm_root or _package_root("vllm")
     transformers_root = transformers_root or _package_root("transformers")
-    if vllm_root is None or transformers_root is None:
-        return None
-    try:
-        registry = (vllm_root / _REGISTRY).read_text()
-    except OSError:
-        return None
-    found = re.search(r'"' + re.escape(architecture) + r'":\s*\(\s*"(\w+)"', registry)
-    if not found:
+    module = _registry_module(registry, architecture) if registry else None
+    if vllm_root is None or transformers_root is None or module is None:
         return None
     models = vllm_root / "model_executor" / "models"
-    todo = [(models / f"{found.group(1)}.py", [f"{found.group(1)}.py"])]
+    todo = [(models / f"{module}.py", [f"{module}.py"])]
     seen = set()
     while todo:
         path, chain = todo.pop(0)

@@ -614,7 +614,7 @@ def _importers(before: str) -> Tuple[Optional[str], Optional[str]]:
     """From the traceback that ends in the ModuleNotFoundError: the installed file whose import
     failed ("transformers/models/qwen2_vl/image_processing_qwen2_vl.py:26") and the vLLM model
     module that brought it in ("qwen2_vl.py"), each None when the log has no such frame."""
-    frames = [f for f in _FRAME.finditer("\n".join(before.splitlines()[-80:]))]
+    frames = list(_FRAME.finditer("\n".join(before.splitlines()[-80:])))
     if not frames:
         return None, None
     last = frames[-1]

@@ -558,13 +558,13 @@ def _model_findings(
     notes: List[str] = []
     if model.source is ModelSource.generated and shape is not None and not model.path:
         # the runner writes these weights itself (random bfloat16, built in memory): test-sized models only
-        size = shape.parameter_count() * 2
-        if size > GENERATED_MAX_BYTES:
+        parameters = shape.parameter_count()
+        if parameters * 2 > GENERATED_MAX_BYTES:
             problems.append(
                 Problem(
                     "model.source",
                     "generated",
-                    f"would write {size / GIB:.1f} GiB of random weights ({shape.parameter_count() / 1e9:.2f} B "
+                    f"would write {parameters * 2 / GIB:.1f} GiB of random weights ({parameters / 1e9:.2f} B "
                     f"parameters); generated models are for tests, at most {GENERATED_MAX_BYTES / GIB:.0f} GiB",
                     "model.source=shape model.load_format=dummy (vLLM makes the weights itself, nothing is written)",
                 )
@@ -645,10 +645,11 @@ def _parallel_sizes(
         notes += list(cluster_plan.notes)
     if tp is None:
         allowed = rules.valid_tp_sizes(shape, max(available // pp, 1), hf_config)
-        # none allowed (a quantized layout no split fits): TP 1, whose rule problems say why
-        tp = allowed[-1] if allowed else 1
         if allowed:
+            tp = allowed[-1]
             notes.append(f"tensor_parallel_size not set: {tp}, the largest the model allows on {available} device(s)")
+        else:  # a quantized layout no split fits: TP 1, whose rule problems say why
+            tp = 1
     elif tp < 1:
         problems.append(Problem("serve.tensor_parallel_size", tp, "must be at least 1", "serve.tensor_parallel_size=1"))
         tp = 1

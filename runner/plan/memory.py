@@ -681,6 +681,12 @@ class _Stage:
     max_util: float
     encoder: float = 0  # the part of need_free the vision encoder takes at serving time
 
+    @property
+    def sampling_need(self) -> float:
+        """What must stay free for a sampling step, the encoder's unmeasured share left out: the
+        figure a refusal rests on (with the encoder it is only a warning, oom_risk)."""
+        return self.need_free - self.encoder
+
     def room(self) -> float:
         """KV blocks this stage could hold (negative when it has no room): the smallest binds."""
         return self.kv_cache / self.pool.bytes_per_block if self.pool.bytes_per_block else math.inf
@@ -693,10 +699,12 @@ def _stage(shape: ModelShape, b: _Budget, index: int, layers: Tuple[int, int], w
     # embed_multimodal on the largest batch of dummy images, before the decoder's dummy run); its V2
     # runner does not (vllm/v1/worker/gpu/model_runner.py, profile_run runs the decoder alone), so
     # there the encoder's activations come out of what stays free at serving time.
-    encoder = vision_encoder_peak_bytes(shape, b.tp, vision_encoder_tokens(shape, b.tokens), b.dtype_bytes)
-    encoder = encoder if index == 0 else 0
-    if uses_v1_model_runner(shape):
+    images = vision_encoder_tokens(shape, b.tokens) if index == 0 else 0
+    encoder = vision_encoder_peak_bytes(shape, b.tp, images, b.dtype_bytes)
+    profiled = uses_v1_model_runner(shape)
+    if profiled:
         peak = max(peak, encoder)
+    serving_encoder = 0 if profiled else encoder
     graphs = 0 if b.enforce_eager else cuda_graph_bytes(shape, b.tp, 1, b.rows, layers[1] - layers[0])
     kv_cache = b.requested - weights - peak - b.non_torch - (graphs if b.counted else 0)
     pool = kv_pool(shape, b.tp, 1, b.kv_bytes, b.length, b.in_flight, stage=layers)
@@ -704,9 +712,7 @@ def _stage(shape: ModelShape, b: _Budget, index: int, layers: Tuple[int, int], w
     # Everything on the GPU once serving: what was there before vLLM's snapshot, what it
     # requested, and the CUDA graphs where they are not inside the request; the last stage
     # samples, so it needs room for the float32 logits.
-    need_free = (min(b.tokens, b.rows) * shape.vocab_size * 4 if last else 0) + HEADROOM_GIB * GIB
-    serving_encoder = 0 if uses_v1_model_runner(shape) else encoder
-    need_free += serving_encoder
+    need_free = (min(b.tokens, b.rows) * shape.vocab_size * 4 if last else 0) + HEADROOM_GIB * GIB + serving_encoder
     headroom = b.total - b.baseline - b.requested - (0 if b.counted else graphs)
     max_util = math.floor((b.total - b.baseline - (0 if b.counted else graphs) - need_free) / b.total * 100) / 100
     return _Stage(
@@ -727,7 +733,7 @@ def _why_not(stages: Sequence[_Stage], b: _Budget, kv_tokens: int, blocks: int, 
     tight = min(stages, key=_Stage.room)
     # the encoder's serving-time share is read from vLLM's source, not measured: it warns (oom_risk), it
     # does not refuse
-    worst = min(stages, key=lambda st: st.headroom - (st.need_free - st.encoder))
+    worst = min(stages, key=lambda st: st.headroom - st.sampling_need)
     per_request = tight.pool.blocks_per_request
     if heaviest.weights >= b.requested:
         return (
@@ -746,13 +752,12 @@ def _why_not(stages: Sequence[_Stage], b: _Budget, kv_tokens: int, blocks: int, 
             f"the KV cache holds {blocks:,} blocks{_where(tight, n)}, fewer than the {per_request:,} one request of "
             f"max_model_len {b.length:,} needs across its full and sliding-window layers"
         )
-    sampling = worst.need_free - worst.encoder
-    if worst.headroom < sampling and (worst.headroom < 0 or gpu_total_bytes >= BIG_GPU_BYTES):
+    if worst.headroom < worst.sampling_need and (worst.headroom < 0 or gpu_total_bytes >= BIG_GPU_BYTES):
         # Certain when vLLM's own plan exceeds the card; on other cards than the 80 GB class
         # the constants were measured on, a small margin is only a warning (oom_risk).
         return (
             f"out of memory after start-up{_where(worst, n)}: {worst.headroom / GIB:.2f} GiB would stay free, "
-            f"less than the {sampling / GIB:.2f} GiB a full sampling step allocates"
+            f"less than the {worst.sampling_need / GIB:.2f} GiB a full sampling step allocates"
         )
     return None
 

@@ -316,9 +316,9 @@ def _inspect_model(
                     )
                 )
                 hf = None
-    if model.path and not planning_only and model.load_format in WEIGHT_CHECKED_FORMATS:
+    if model.path and not planning_only:
         try:
-            weightless = not any(n.endswith(WEIGHT_SUFFIXES) for n in os.listdir(where))
+            weightless = _lacks_weights(model, os.listdir(where))
         except OSError:
             weightless = False
         if weightless:
@@ -367,6 +367,11 @@ WEIGHT_CHECKED_FORMATS = ("auto", "safetensors", "pt")
 PROCESSOR_CONFIGS = ("preprocessor_config.json", "processor_config.json")
 
 
+def _lacks_weights(model: ModelConfig, names: List[str]) -> bool:
+    """Whether a launch of this directory (its file names) would find no weights to load."""
+    return model.load_format in WEIGHT_CHECKED_FORMATS and not any(n.endswith(WEIGHT_SUFFIXES) for n in names)
+
+
 def launch_needs(model: ModelConfig, cache_dir: str, hf: Optional[Mapping[str, Any]]) -> List[str]:
     """What a user's model directory lacks that only a launch needs (mode=plan reads config.json
     alone): a tokenizer, the weights (unless load_format=dummy), a multimodal model's processor
@@ -381,7 +386,7 @@ def launch_needs(model: ModelConfig, cache_dir: str, hf: Optional[Mapping[str, A
     missing = []
     if not any(n in names for n in TOKENIZER_FILES):
         missing.append(f"a tokenizer ({', '.join(TOKENIZER_FILES[:3])}…)")
-    if model.load_format != "dummy" and not any(n.endswith(WEIGHT_SUFFIXES) for n in names):
+    if _lacks_weights(model, names):
         missing.append("the weights (*.safetensors; or model.load_format=dummy to rehearse)")
     if isinstance((hf or {}).get("vision_config"), dict) and not any(n in names for n in PROCESSOR_CONFIGS):
         missing.append("the image processor's preprocessor_config.json (vLLM builds it at start-up)")
