@@ -6,6 +6,7 @@ runner: its own argv, environment, stdout/stderr, exit code and Hydra state, exa
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -108,3 +109,14 @@ def clean_env(extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "VLLM_TP_RUNNER_CACHE")}
     env.update(extra or {})
     return env
+
+
+def assert_plan_contract(out: Outcome, context: object) -> None:
+    """What every mode=plan run promises, whatever its input: exit 0 or 2, never a traceback, a
+    manifest whose status says which, and on 2 every error line naming its fix."""
+    assert out.code in (0, 2), (context, out.code, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr, (context, out.stderr[-3000:])
+    manifest = json.loads((out.run_dir / "manifest.json").read_text())
+    assert manifest["status"] == ("planned" if out.code == 0 else "rejected"), context
+    if out.code == 2:
+        assert out.errors and all("Fix: " in line for line in out.errors), (context, out.stderr[-2000:])

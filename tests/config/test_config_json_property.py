@@ -97,9 +97,4 @@ def test_a_mangled_config_json_is_planned_or_refused_never_a_crash(root, drawn):
     run_dir = root / f"run{n:04d}"
     argv = ["hw=nvlink-4gpu", "model=local", f"model.path={model}", "mode=plan", f"cache_dir={root / 'cache'}"]
     (out,) = cli_batch.run_many([(argv, cli_batch.clean_env(), run_dir)], parallel=1)
-    assert out.code in (0, 2), (family, config, out.code, out.stderr[-2000:])
-    assert "Traceback" not in out.stderr, (family, out.stderr[-3000:])
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == ("planned" if out.code == 0 else "rejected"), family
-    if out.code == 2:
-        assert out.errors and all("Fix: " in line for line in out.errors), (family, out.stderr[-2000:])
+    cli_batch.assert_plan_contract(out, (family, config))

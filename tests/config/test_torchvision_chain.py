@@ -96,30 +96,26 @@ def test_the_verdict_is_what_importing_the_module_does():
     assert any(imported[m] == "torchvision" for _, m in ARCHS) and any(imported[m] is None for _, m in ARCHS)
 
 
-@needs_both
-@no_torchvision
-def test_a_launch_is_refused_before_vllm_starts(tmp_path):
-    run_dir = tmp_path / "run"
-    out = subprocess.run(
-        [sys.executable, "-m", "runner", "hw=cpu-2", "model=qwen2.5-vl-7b", "model.load_format=dummy", "mode=check"]
-        + [f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'cache'}"],
+def _qwen_vl(tmp_path: Path, mode: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", "hw=cpu-2", "model=qwen2.5-vl-7b", "model.load_format=dummy", f"mode={mode}"]
+        + [f"hydra.run.dir={tmp_path / mode}", f"cache_dir={tmp_path / 'cache'}"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+@needs_both
+@no_torchvision
+def test_a_launch_is_refused_before_vllm_starts(tmp_path):
+    out = _qwen_vl(tmp_path, "check")
     assert out.returncode == 2, out.stderr[-1500:]
     (error,) = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert "imports torchvision (qwen2_5_vl.py -> qwen2_vl.py -> transformers/models/qwen2_vl/" in error
     assert "Fix: `pip install torchvision==<the release paired" in error
-    assert not (run_dir / "vllm.log").exists()
+    assert not (tmp_path / "check" / "vllm.log").exists()
     # planning is not refused: it may be for a machine whose Python has torchvision
-    plan = subprocess.run(
-        [sys.executable, "-m", "runner", "hw=cpu-2", "model=qwen2.5-vl-7b", "model.load_format=dummy", "mode=plan"]
-        + [f"hydra.run.dir={tmp_path / 'plan'}", f"cache_dir={tmp_path / 'cache'}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    plan = _qwen_vl(tmp_path, "plan")
     assert plan.returncode == 0, plan.stderr[-1500:]
