@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# device-side driver: tune-vs-grid then memory points; everything under /tmp/w
+# device-side driver: memory points of points-first.txt, tune-vs-grid, then points.txt; everything under /tmp/w
 export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export VLLM_CACHE_ROOT=/tmp/vllm-cache
 mkdir -p /tmp/w/mem
 cd /tmp/repo
+points() {
+  while read -r name rest; do
+    [ -z "$name" ] && continue
+    echo "mem $name $(date +%T)" >> /tmp/w/phase
+    timeout 420 python3 -m runner $rest mode=check serve.enforce_eager=true verify.ready_timeout_s=380 \
+      hydra.run.dir=/tmp/w/mem/$name > /tmp/w/mem/$name.log 2>&1
+    echo "mem-done $name rc=$? $(date +%T)" >> /tmp/w/phase
+  done < "$1"
+}
+[ -f tools/device/points-first.txt ] && points tools/device/points-first.txt
 if [ -z "$SKIP_TVG" ]; then
   echo "tvg $(date +%T)" >> /tmp/w/phase
   python3 benchmarks/tune_vs_grid.py --warm-machine --work /tmp/w/tvg \
@@ -15,11 +25,5 @@ if [ -z "$SKIP_TVG" ]; then
     > /tmp/w/tvg.log 2>&1
   echo "tvg-done rc=$? $(date +%T)" >> /tmp/w/phase
 fi
-while read -r name rest; do
-  [ -z "$name" ] && continue
-  echo "mem $name $(date +%T)" >> /tmp/w/phase
-  timeout 420 python3 -m runner $rest mode=check serve.enforce_eager=true verify.ready_timeout_s=380 \
-    hydra.run.dir=/tmp/w/mem/$name > /tmp/w/mem/$name.log 2>&1
-  echo "mem-done $name rc=$? $(date +%T)" >> /tmp/w/phase
-done < /tmp/repo/tools/device/points.txt
+points tools/device/points.txt
 echo "all-done $(date +%T)" >> /tmp/w/phase
