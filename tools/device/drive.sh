@@ -19,7 +19,7 @@ if [ -z "$SKIP_TVG" ]; then
   echo "tvg $(date +%T)" >> /tmp/w/phase
   python3 benchmarks/tune_vs_grid.py --warm-machine --work /tmp/w/tvg \
     hw=auto model=llama3-8b model.load_format=dummy bench=h100-quick \
-    bench.input_len=512 bench.output_len=128 bench.prompts_per_concurrency=8 \
+    bench.input_len=512 bench.output_len=128 bench.prompts_per_concurrency=${WAVES:-8} \
     tune.slo.ttft_p99_ms=500 tune.slo.tpot_p99_ms=15 \
     '+tune.space.serve.quantization=[null,fp8]' '+tune.space.serve.max_num_seqs=[64,256]' \
     > /tmp/w/tvg.log 2>&1
