@@ -193,7 +193,22 @@ class StageFit:
 # float8_e4m3 with one float32 scale per tensor (negligible); VocabParallelEmbedding, the LM head
 # and the norms are not LinearBase and keep the model dtype; the KV cache keeps it too unless
 # kv_cache_dtype says fp8. Llama-3.1-70B on an H200: "Model loading took 67.7 GiB".
+# The scales are one float32 per tensor as quantized, but where vLLM's Cutlass kernel serves it
+# (kernels/linear/scaled_mm/cutlass.py, process_weights_after_loading: "Cutlass kernels support only
+# per-tensor and per-channel") a fused module's (QKV, gate_up, MLA's fused q_a + kv_a) shard scales
+# become one float32 per output row: ~0.02 GiB for a 70B model.
 ONLINE_WEIGHT_BYTES = {"fp8": 1}
+ONLINE_SCALE_BYTES = 4
+_FUSED_SHARDS = (".q_proj", ".k_proj", ".v_proj", ".gate_proj", ".up_proj", ".q_a_proj", ".kv_a_proj_with_mqa")
+
+
+def online_linear_bytes(shape: ModelShape, name: str, k: int, n: int, online_bytes: int) -> int:
+    """One linear layer's weight as online quantization stores it: k x n at online_bytes, plus its
+    float32 scales — one per output row for a shard of a fused module, one per tensor otherwise."""
+    fused = name.endswith(_FUSED_SHARDS) and not (name.endswith(".q_proj") and shape.kv_lora_rank)
+    if name.endswith((".q_a_proj", ".kv_a_proj_with_mqa")) and not shape.q_lora_rank:
+        fused = False
+    return k * n * online_bytes + ONLINE_SCALE_BYTES * (n if fused else 1)
 # fp8 tensor cores (Ada 8.9, Hopper 9.0 and later): where online fp8 is worth offering.
 FP8_MIN_CAPABILITY = (8, 9)
 
@@ -212,7 +227,8 @@ def weights_bytes(shape: ModelShape, dtype_bytes: int, online: Optional[str] = N
     total = shape.parameter_count() * dtype_bytes
     quantized = ONLINE_WEIGHT_BYTES.get(online or "")
     if quantized:
-        total -= shape.linear_parameter_count() * (dtype_bytes - quantized)
+        for name, k, n, copies in shape.linear_layers():
+            total -= copies * (k * n * dtype_bytes - online_linear_bytes(shape, name, k, n, quantized))
     return total
 
 
@@ -372,7 +388,7 @@ def _layer_weight_bytes(
         if method in QUANT_METHODS:
             stored = _linear_layer_bytes(method, dict(quant_config or {}), name, k, n, dtype_bytes)
         else:
-            stored = k * n * online_bytes
+            stored = online_linear_bytes(shape, name, k, n, online_bytes)
         per_layer[int(name.split(".")[2])] -= copies * (k * n * dtype_bytes - stored)
     return per_layer
 

@@ -194,13 +194,15 @@ def test_tied_embeddings_under_pp_keep_a_head_on_the_last_stage():
 
 
 def test_online_fp8_stage_weights():
-    # online fp8: every linear layer 1 B a weight, embeddings, LM head and norms 2 B. PP 2 on
-    # Llama-3.1-70B, one layer = 855,638,016 linear params x 1 B + 16,384 x 2 B = 855,670,784 B:
-    #   stage 0: 40 x 855,670,784 + 1,050,673,152 x 2 = 36,328,177,664 B
-    #   stage 1: 40 x 855,670,784 + 8192 x 2 + 1,050,673,152 x 2 = 36,328,194,048 B
+    # online fp8: every linear layer 1 B a weight, embeddings, LM head and norms 2 B, float32
+    # scales (one per output row of the fused QKV and gate_up, one each for o_proj and down_proj).
+    # PP 2 on Llama-3.1-70B, one layer = 855,638,016 linear params x 1 B + 16,384 x 2 B
+    # + 4 x (10,240 + 1 + 57,344 + 1) = 855,941,128 B:
+    #   stage 0: 40 x 855,941,128 + 1,050,673,152 x 2 = 36,338,991,424 B
+    #   stage 1: 40 x 855,941,128 + 8192 x 2 + 1,050,673,152 x 2 = 36,339,007,808 B
     total = memory.weights_bytes(LLAMA70B, 2, "fp8")
     split = memory.stage_weights_bytes(LLAMA70B, (40, 40), total, 2, "fp8")
-    assert split == (36_328_177_664, 36_328_194_048) and sum(split) == total
+    assert split == (36_338_991_424, 36_339_007_808) and sum(split) == total
 
 
 def test_pp1_record_has_no_stage_fields():

@@ -307,7 +307,7 @@ def test_online_fp8_is_sized_not_skipped(plan_for, probe_h100x4):
         ],
         probe_h100x4,
     )
-    assert plan.estimate["fit"]["weights_gib_per_gpu"] == 67.67
+    assert plan.estimate["fit"]["weights_gib_per_gpu"] == 67.69  # vLLM on an H200: "Model loading took 67.73 GiB"
     [p] = plan.problems
     assert p.key == "serve.max_model_len" and p.fix.startswith("serve.tensor_parallel_size=2, or serve.max_model_len=")
     assert flag_value(plan.argv, "--quantization") == "fp8"

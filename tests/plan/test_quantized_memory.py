@@ -57,9 +57,12 @@ def test_online_fp8_weights_of_llama70b_match_vllms_load(compose):
     bf16 = memory.weights_bytes(shape, 2) / GIB
     assert abs(fp8 - 67.7) < 0.1  # "Model loading took 67.7 GiB"
     assert abs(bf16 - 131.4) < 0.1
-    # what stays bf16: the embedding and the untied LM head (vocabulary padded to 64), the norms
+    # what stays bf16: the embedding and the untied LM head (vocabulary padded to 64), the norms;
+    # float32 scales: one per output row of the fused QKV (10,240) and gate_up (2 x 28,672), one
+    # each for o_proj and down_proj
     kept = (2 * 128256 * 8192 + 80 * 2 * 8192 + 8192) * 2
-    assert memory.weights_bytes(shape, 2, "fp8") == shape.linear_parameter_count() + kept
+    scales = 80 * 4 * (10240 + 1 + 2 * 28672 + 1)
+    assert memory.weights_bytes(shape, 2, "fp8") == shape.linear_parameter_count() + kept + scales
 
 
 def test_online_fp8_on_one_h200_is_predicted_as_vllm_measured(plan_on):
