@@ -117,6 +117,7 @@ def forecast(prediction: Prediction, slo: Slo) -> Forecast:
 
 # the manifest → card / serve settings helpers are the planner's (runner/plan/forecast.py)
 card_of = forecast_.card_of
+gpu_name = forecast_.gpu_name
 serve_settings = forecast_.serve_settings
 
 
@@ -233,16 +234,60 @@ def twin_prune_reason(waiting: Mapping[str, Any], measured: Sequence[Mapping[str
     return None
 
 
+def same_server(a: Mapping[str, Any], b: Mapping[str, Any]) -> Optional[int]:
+    """The load up to which two measured candidates are one server, where their measured bests both
+    lie below it, else None. They must differ only in ``serve.max_num_seqs``: below both caps on
+    running sequences vLLM schedules them alike, so a gap between their bests there is the
+    benchmark's noise, not the configuration (fp8 llama3-8b with max_num_seqs 64 and 256 on one H100,
+    2026-12-06: best 5,409 at c=52 and 5,634 at c=56, one probe at c=56 measuring p99 TTFT 506.7 and
+    485.1 ms against a 500 ms target)."""
+    va, vb = dict(a.get("values") or {}), dict(b.get("values") or {})
+    if CAP_KEY not in va or va.keys() != vb.keys() or va[CAP_KEY] == vb[CAP_KEY]:
+        return None
+    if any(va[k] != vb[k] for k in va if k != CAP_KEY):
+        return None
+    cap_a, cap_b = _running_cap(a), _running_cap(b)
+    if cap_a is None or cap_b is None or not a.get("measured") or not b.get("measured"):
+        return None
+    shared = min(cap_a, cap_b)
+    loads = (float(a["measured"].get("load") or 0), float(b["measured"].get("load") or 0))
+    return shared if max(loads) <= shared else None
+
+
 def winner(ordered: Sequence[Mapping[str, Any]]) -> Tuple[Optional[str], List[str]]:
-    """(the named winner, the other measured candidates tied with it). ``ordered`` is the launch order;
-    among the measured bests within :data:`TIE_BAND` of the highest, the earliest launched is named."""
-    scored = [
-        (float(r["measured"]["tokens_per_s_per_gpu"] or 0.0), r["id"])
-        for r in ordered
-        if r.get("state") == "measured" and r.get("measured")
-    ]
-    if not scored:
+    """(the named winner, the other measured candidates tied with it). ``ordered`` is the launch order.
+    Tied with the highest measured best: the bests within :data:`TIE_BAND` of it, and the candidates
+    that are the same server as it at both their best loads (:func:`same_server`); the earliest
+    launched of them is named."""
+    measured = [r for r in ordered if r.get("state") == "measured" and r.get("measured")]
+    if not measured:
         return None, []
-    top = max(s for s, _ in scored)
-    tied = [cid for s, cid in scored if s >= top * (1 - TIE_BAND)]
+
+    def score(r: Mapping[str, Any]) -> float:
+        return float(r["measured"]["tokens_per_s_per_gpu"] or 0.0)
+
+    top = max(measured, key=score)
+    tied = [r["id"] for r in measured if score(r) >= score(top) * (1 - TIE_BAND) or same_server(top, r) is not None]
     return tied[0], tied[1:]
+
+
+def tie_reasons(ordered: Sequence[Mapping[str, Any]], named: Optional[str]) -> Dict[str, str]:
+    """Why each candidate :func:`winner` tied with the named one is a tie, by id."""
+    measured = [r for r in ordered if r.get("state") == "measured" and r.get("measured")]
+    by_id = {r["id"]: r for r in measured}
+    if named not in by_id:
+        return {}
+    top = max(measured, key=lambda r: float(r["measured"]["tokens_per_s_per_gpu"] or 0.0))
+    _, tied = winner(ordered)
+    out = {}
+    for cid in tied:
+        # the highest itself is tied with the named one; any other is tied with the highest
+        other = by_id[named] if cid == top["id"] else top
+        shared = same_server(other, by_id[cid])
+        out[cid] = (
+            f"the same server as `{other['label']}` up to c={shared} (they differ only in {CAP_KEY}), where "
+            "both bests lie: the gap is the benchmark's noise"
+            if shared is not None
+            else f"within {TIE_BAND:.0%} of `{other['label']}`, the benchmark's noise"
+        )
+    return out

@@ -88,10 +88,15 @@ def render_md(result: Mapping[str, Any]) -> str:
     tied = [c for c in result["candidates"] if c["id"] in (result.get("tied_with_winner") or [])]
     if tied:
         band = float(result.get("tie_band") or 0.0)
-        others = ", ".join(f"`{c['label']}` ({_num(c['measured']['tokens_per_s_per_gpu'])})" for c in tied)
+        reasons = result.get("tie_reasons") or {}
+        others = "; ".join(
+            f"`{c['label']}` ({_num(c['measured']['tokens_per_s_per_gpu'])} at {c['measured']['load']:g}: "
+            f"{reasons.get(c['id']) or f'within {band:.0%}'})"
+            for c in tied
+        )
         lines += [
-            f"Measured within {band:.0%} of it, a tie within the benchmark's noise: {others}. The one launched "
-            "first (the better predicted, or the earlier in the space) is named.",
+            f"Tied with it: {others}. The one launched first (the better predicted, or the earlier in the space) "
+            "is named.",
             "",
         ]
     if result.get("winner"):

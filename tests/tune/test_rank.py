@@ -158,6 +158,33 @@ def test_the_winner_is_the_first_launched_within_the_tie_band():
     first = _record("first", 64, 64, per_gpu=9871.0)
     second = _record("second", 256, 256, per_gpu=9937.0)  # 0.7 % more: the same result
     assert rank.winner([first, second]) == ("first", ["second"])
-    clear = _record("second", 256, 256, per_gpu=9871.0 * 1.05)
+    clear = _record("second", 256, 256, per_gpu=9871.0 * 1.05, quant=None)
     assert rank.winner([first, clear]) == ("second", [])
     assert rank.winner([_record("p", 64, 64, state="pruned")]) == (None, [])
+
+
+def test_twins_below_both_caps_are_one_server_whatever_their_gap():
+    # one H100, 2026-12-06: fp8 llama3-8b, max_num_seqs 64 (launched first) best 5,408.7 at c=52,
+    # max_num_seqs 256 best 5,633.8 at c=56 — 4.2 % apart, both below 64: the same server
+    first = _record("first", 64, 64, per_gpu=5408.7, load=52, failing=56)
+    second = _record("second", 256, 256, per_gpu=5633.8, load=56, failing=60)
+    assert rank.same_server(first, second) == 64
+    assert rank.winner([first, second]) == ("first", ["second"])
+    [why] = rank.tie_reasons([first, second], "first").values()
+    assert why.startswith("the same server as `first` up to c=64")
+    # a best above the lower cap ran more sequences than that twin can: not the same server
+    above = _record("second", 256, 256, per_gpu=5633.8, load=80, failing=96)
+    assert rank.same_server(first, above) is None and rank.winner([first, above]) == ("second", [])
+    # another value differs: a clear win stays a win
+    bf16 = _record("second", 256, 256, per_gpu=5408.7 * 1.05, load=52, quant=None)
+    assert rank.same_server(first, bf16) is None and rank.winner([first, bf16]) == ("second", [])
+    assert rank.tie_reasons([first, bf16], "second") == {}
+
+
+def test_a_candidate_within_the_band_of_the_highest_twin_is_tied_with_it():
+    top = _record("top", 256, 256, per_gpu=6000.0, load=56)
+    twin = _record("twin", 64, 64, per_gpu=5000.0, load=48)
+    close = _record("close", 64, 64, per_gpu=5950.0, load=56, quant="int8")
+    assert rank.winner([twin, close, top]) == ("twin", ["close", "top"])
+    reasons = rank.tie_reasons([twin, close, top], "twin")
+    assert reasons["top"].startswith("the same server as `twin`") and reasons["close"].startswith("within 2% of `top`")
