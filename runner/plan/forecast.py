@@ -44,6 +44,12 @@ def interconnect(manifest: Mapping[str, Any]) -> Optional[str]:
     return found if found in ("nvlink", "pcie") else None
 
 
+def gpu_name(manifest: Mapping[str, Any]) -> Optional[str]:
+    """The name of the plan's first device (NVML's, or the profile's declared GPU)."""
+    name = _gpu(manifest).get("name")
+    return str(name) if name else None
+
+
 def card_of(manifest: Mapping[str, Any]):
     """The card facts for a plan manifest's first device (NoCardFacts on the CPU or an unknown card)."""
     config = manifest.get("config") or {}

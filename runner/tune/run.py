@@ -289,6 +289,10 @@ def tune_candidates(ctx: Context, candidates: Sequence[space.Candidate], tune: M
             records[cand.id].update(outcome)
             _save(ctx, records[cand.id])
 
+    mixed = _mixed_machines(ctx, records)
+    if mixed is not None:
+        return _reject(ctx.run_dir, [mixed])
+
     forecasts: Dict[str, rank.Forecast] = {}
     card = None
     for cid, record in records.items():
@@ -352,6 +356,42 @@ def _measured_best(records: Sequence[Mapping[str, Any]]) -> Optional[Tuple[float
         if r.get("state") == "measured" and r.get("measured")
     ]
     return max(scored) if scored else None
+
+
+def _machine_of(manifest: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """The device a candidate was planned for, as its plan manifest names it: the first GPU's name
+    (NVML's), or "cpu"."""
+    if not manifest:
+        return None
+    if (manifest.get("plan") or {}).get("device") == "cpu":
+        return "cpu"
+    return rank.gpu_name(manifest)
+
+
+def _mixed_machines(ctx: Context, records: Mapping[str, Mapping[str, Any]]) -> Optional[Problem]:
+    """A problem where this run would launch on another device than the one its run dir's finished
+    candidates were measured on: measurements of two cards do not rank together, and a pruned
+    candidate would be launched again on the wrong machine. Resuming with nothing left to launch
+    (a report redrawn elsewhere) is fine."""
+    measured = {
+        _machine_of(_plan_manifest(ctx, cid))
+        for cid, r in records.items()
+        if r.get("resumed") and r.get("state") in FINISHED
+    } - {None}
+    planned_now = {
+        _machine_of(_plan_manifest(ctx, cid))
+        for cid, r in records.items()
+        if not r.get("resumed") and r.get("state") == "planned"
+    } - {None}
+    if not measured or not planned_now or planned_now <= measured:
+        return None
+    return Problem(
+        "hydra.run.dir",
+        str(ctx.run_dir),
+        f"its candidates were measured on {', '.join(sorted(measured))}; this run plans for "
+        f"{', '.join(sorted(planned_now - measured))}, and measurements of two devices do not rank together",
+        "a new hydra.run.dir for this machine, or resume this one on the machine that measured it",
+    )
 
 
 def _plan_manifest(ctx: Context, cid: str) -> Optional[Dict[str, Any]]:
@@ -721,6 +761,7 @@ def summary(
         "candidates": ordered,
         "winner": named,
         "tied_with_winner": tied,
+        "tie_reasons": rank.tie_reasons(ordered, named),
         "tie_band": rank.TIE_BAND,
         "launches": sum(1 for r in ordered if r.get("state") in FINISHED and not r.get("resumed")),
         "resumed": sum(1 for r in ordered if r.get("resumed")),

@@ -309,3 +309,40 @@ def test_the_warm_up_runs_once_at_the_first_load_within_the_cap_and_is_not_judge
     assert calls == [(64, "warmup-")]
     assert warm == {"load": 64, "concurrency": 64, "output_throughput": 10.0, "p99_ttft_ms": 9999.0, "wall_s": 1.5}
     assert run._warm_up(measure, None, None)["load"] == 1  # no prediction: the search starts at 1
+
+
+class CpuSeams(Seams):
+    """The same recorded plans, as a CPU machine makes them (plan.device "cpu", no GPU probed)."""
+
+    def plan(self, ctx, cid, overrides):
+        outcome = super().plan(ctx, cid, overrides)
+        target = ctx.run_dir / "candidates" / cid / "plan" / "manifest.json"
+        manifest = json.loads(target.read_text())
+        manifest["plan"]["device"] = "cpu"
+        manifest["hardware"]["gpus"] = []
+        target.write_text(json.dumps(manifest))
+        return outcome
+
+
+def test_a_run_dir_measured_on_one_card_is_not_extended_on_another(tmp_path, monkeypatch, capsys):
+    # TP=1 measured on the H100 and TP=4 pruned; resumed on a CPU machine, TP=4 would be planned for
+    # the CPU and launched there, its measurement ranked against the H100's
+    tp1 = json.loads((FIXTURES / "plan-llama3-8b-h100-tp1.json").read_text())
+    predicted = rank.predict_manifest(tp1, (512, 128), rank.Slo(500, 15))
+    Seams(monkeypatch, {1: predicted.best_tokens_per_s_per_gpu * 1.15, 4: 10.0})
+    assert run.tune_candidates(context(tmp_path), candidates([4, 1]), TUNE) == run.EXIT_OK
+    before = (tmp_path / "tune.json").read_text()
+    cpu = CpuSeams(monkeypatch, {1: 1.0, 4: 1.0})
+    assert run.tune_candidates(context(tmp_path), candidates([4, 1]), TUNE) == run.EXIT_REJECTED
+    assert cpu.launched == [] and (tmp_path / "tune.json").read_text() == before
+    [problem] = json.loads((tmp_path / "manifest.json").read_text())["problems"]
+    assert problem["key"] == "hydra.run.dir" and "measured on NVIDIA H100 80GB HBM3" in problem["message"]
+    assert "this run plans for cpu" in problem["message"] and "a new hydra.run.dir" in problem["fix"]
+    assert "error: hydra.run.dir=" in capsys.readouterr().err
+    # nothing left to launch (every candidate finished): the report is redrawn anywhere
+    done = tmp_path / "all-measured"
+    Seams(monkeypatch, {1: 10.0, 4: 20.0})
+    run.tune_candidates(context(done, prune=False), candidates([4, 1]), TUNE)
+    again = CpuSeams(monkeypatch, {1: 1.0, 4: 1.0})
+    assert run.tune_candidates(context(done, prune=False), candidates([4, 1]), TUNE) == run.EXIT_OK
+    assert again.launched == [] and again.planned == []
