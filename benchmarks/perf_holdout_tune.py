@@ -7,6 +7,9 @@ choice (or the one given), the held-out MAPE of output tokens/s, median TTFT and
 uncalibrated model's MAPE over every point.
 
     .venv/bin/python benchmarks/perf_holdout_tune.py RUN_DIR [--calibrate-on CANDIDATE_ID] [--json OUT]
+
+``--calibrate-from PATH…`` calibrates on other bench manifests instead (another machine's run of the same
+card, say) and scores every point of RUN_DIR: none of them was fitted on.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ def main(argv=None) -> int:
         action="store_true",
         help="leave out each server's first probe (run on a cold server before tune.warmup existed)",
     )
+    parser.add_argument(
+        "--calibrate-from", nargs="+", help="bench manifests / run dirs to calibrate on (every RUN_DIR point held out)"
+    )
     parser.add_argument("--json", help="write the rows and figures here")
     args = parser.parse_args(argv)
     groups = by_candidate(Path(args.run_dir), args.drop_first)
@@ -56,8 +62,31 @@ def main(argv=None) -> int:
     default_rows = cal.evaluate(every, Calibration())
     print(f"{len(groups)} measured candidate(s), {len(every)} points")
     print(f"uncalibrated (stated defaults), every point: {line(default_rows)}")
-    chosen = [args.calibrate_on] if args.calibrate_on else list(groups)
     figures = {"uncalibrated": {m: cal.mape(default_rows, m) for m in cal.METRICS}, "calibrated_on": {}}
+    if args.calibrate_from:
+        outside = cal.load_points(args.calibrate_from)
+        if not outside:
+            print(f"no bench points under {' '.join(args.calibrate_from)}", file=sys.stderr)
+            return 2
+        calibration = cal.fit(outside)
+        rows = cal.evaluate(every, calibration)
+        cards = sorted({p.card_name for p in outside})
+        print(
+            f"calibrated on {len(outside)} point(s) of {' '.join(args.calibrate_from)} ({', '.join(cards)}); "
+            f"every point of {args.run_dir} held out: {line(rows)}"
+        )
+        constants = {n: round(getattr(calibration, n), 4) for n in Calibration.FITTED}
+        print("  constants: " + ", ".join(f"{k} {v}" for k, v in constants.items()))
+        figures["calibrated_from"] = {
+            "paths": args.calibrate_from,
+            "constants": constants,
+            "mape_pct": {m: cal.mape(rows, m) for m in cal.METRICS},
+            "rows": rows,
+        }
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2, default=str) + "\n")
+        return 0
+    chosen = [args.calibrate_on] if args.calibrate_on else list(groups)
     for cid in chosen:
         if cid not in groups:
             print(f"{cid}: not a measured candidate of {args.run_dir}", file=sys.stderr)

@@ -50,6 +50,9 @@ def side_summary(result: Dict[str, Any]) -> Dict[str, Any]:
         "launched": sum(1 for c in result["candidates"] if c["state"] in ("measured", "failed")),
         "pruned": sum(1 for c in result["candidates"] if c["state"] == "pruned"),
         "refused": sum(1 for c in result["candidates"] if c["state"] == "refused"),
+        "tied_with_winner": [
+            c["label"] for c in result["candidates"] if c["id"] in (result.get("tied_with_winner") or [])
+        ],
         "exit_code": result["exit_code"],
     }
 
@@ -77,7 +80,15 @@ def main() -> int:
     sides = {name: side_summary(run_side(work, name, args.overrides)) for name in order}
     tune, grid = sides["tune"], sides["grid"]
     ratio = tune["gpu_s"] / grid["gpu_s"] if grid["gpu_s"] else None
-    summary = {"tune": tune, "grid": grid, "same_winner": tune["winner"] == grid["winner"], "gpu_time_ratio": ratio}
+    summary = {
+        "tune": tune,
+        "grid": grid,
+        "same_winner": tune["winner"] == grid["winner"],
+        # the grid's named winner, or one it measured as tied with it (rank.winner: within the band, or
+        # the same server at both best loads)
+        "tune_winner_in_grid_tie": tune["winner"] in [grid["winner"], *grid["tied_with_winner"]],
+        "gpu_time_ratio": ratio,
+    }
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for name in ("tune", "grid"):
         s = sides[name]
@@ -87,6 +98,8 @@ def main() -> int:
             f"load {figures.get('load')}), {s['launched']} launched, {s['pruned']} pruned, {s['refused']} refused, "
             f"GPU time {s['gpu_s']:.1f} s"
         )
+    if grid["tied_with_winner"]:
+        print(f"grid: tied with its winner: {'; '.join(grid['tied_with_winner'])}")
     print(f"same winner: {summary['same_winner']}; tune / grid GPU time: {ratio:.2f}" if ratio else "no grid GPU time")
     return 0 if summary["same_winner"] else 1
 
