@@ -209,6 +209,8 @@ def online_linear_bytes(shape: ModelShape, name: str, k: int, n: int, online_byt
     if name.endswith((".q_a_proj", ".kv_a_proj_with_mqa")) and not shape.q_lora_rank:
         fused = False
     return k * n * online_bytes + ONLINE_SCALE_BYTES * (n if fused else 1)
+
+
 # fp8 tensor cores (Ada 8.9, Hopper 9.0 and later): where online fp8 is worth offering.
 FP8_MIN_CAPABILITY = (8, 9)
 

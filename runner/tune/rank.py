@@ -285,8 +285,8 @@ def tie_reasons(ordered: Sequence[Mapping[str, Any]], named: Optional[str]) -> D
         other = by_id[named] if cid == top["id"] else top
         shared = same_server(other, by_id[cid])
         out[cid] = (
-            f"the same server as `{other['label']}` up to c={shared} (they differ only in {CAP_KEY}), where "
-            "both bests lie: the gap is the benchmark's noise"
+            f"the same server as `{other['label']}` up to c={shared}, where both bests lie — they differ only "
+            f"in {CAP_KEY} — so the gap is the benchmark's noise"
             if shared is not None
             else f"within {TIE_BAND:.0%} of `{other['label']}`, the benchmark's noise"
         )
