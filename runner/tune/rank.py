@@ -249,6 +249,8 @@ def same_server(a: Mapping[str, Any], b: Mapping[str, Any]) -> Optional[int]:
     cap_a, cap_b = _running_cap(a), _running_cap(b)
     if cap_a is None or cap_b is None or not a.get("measured") or not b.get("measured"):
         return None
+    if any((r.get("search") or {}).get("load", "concurrency") != "concurrency" for r in (a, b)):
+        return None  # a request rate's best is no number of running sequences
     shared = min(cap_a, cap_b)
     loads = (float(a["measured"].get("load") or 0), float(b["measured"].get("load") or 0))
     return shared if max(loads) <= shared else None

@@ -179,6 +179,9 @@ def test_twins_below_both_caps_are_one_server_whatever_their_gap():
     bf16 = _record("second", 256, 256, per_gpu=5408.7 * 1.05, load=52, quant=None)
     assert rank.same_server(first, bf16) is None and rank.winner([first, bf16]) == ("second", [])
     assert rank.tie_reasons([first, bf16], "second") == {}
+    # searched by request rate: a best of 52 requests/s says nothing of running sequences
+    by_rate = [{**r, "search": {"load": "rate", "lowest_failing": None}} for r in (first, second)]
+    assert rank.same_server(*by_rate) is None and rank.winner(by_rate) == ("second", [])
 
 
 def test_a_candidate_within_the_band_of_the_highest_twin_is_tied_with_it():
