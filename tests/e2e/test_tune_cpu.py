@@ -63,8 +63,12 @@ def test_tune_names_a_winner_whose_recipe_plans_and_resumes(tmp_path):
         assert f"--max-num-seqs {cap}" in " ".join(serve["plan"]["argv"])
     winner = found[next(k for k, c in found.items() if c["id"] == result["winner"])]
     best = max(c["measured"]["tokens_per_s_per_gpu"] for c in found.values())
-    # the best measured, or the first launched within the tie band of it
-    assert winner["measured"]["tokens_per_s_per_gpu"] >= best * (1 - rank.TIE_BAND)
+    top = next(c for c in found.values() if c["measured"]["tokens_per_s_per_gpu"] == best)
+    # the best measured, or the first launched within the tie band of it or the same server as it
+    # (max_num_seqs 2 and 4 below both caps)
+    assert winner["measured"]["tokens_per_s_per_gpu"] >= best * (1 - rank.TIE_BAND) or (
+        rank.same_server(top, winner) is not None
+    )
     assert result["winner"] == rank.winner([found[2], found[4]])[0]
 
     md = (run_dir / "tune.md").read_text()
